@@ -1,0 +1,699 @@
+//! Fixed-size block storage in untrusted memory.
+//!
+//! A [`Storage`] holds `count` items, each a data part of `data_size` bytes and a metadata part
+//! of `meta_size` bytes, in two separate [`Segment`]s. Nothing is initialised when it is
+//! created: the data segment may read as anything until written (callers never rely on it), and
+//! the metadata segment reads zero until written, which is what lets the trusted side tell a
+//! never-written item apart.
+//!
+//! Items move in batches: [`Storage::checkout`] copies the items at a list of indices out, in
+//! the order given, and [`Storage::checkin`] copies them back. Every argument is checked before
+//! a single byte moves, so a rejected call leaves both the storage and the caller's buffers as
+//! they were.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+
+use crate::segment::Segment;
+
+/// Everything that can go wrong with a storage call.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A storage needs at least one item.
+    #[error("count must be positive, got 0")]
+    ZeroCount,
+    /// Item sizes must be positive.
+    #[error("{which} must be positive, got 0")]
+    ZeroSize {
+        /// `data_size` or `meta_size`.
+        which: &'static str,
+    },
+    /// `count * size` does not fit the address space.
+    #[error("{count} items of {size} bytes overflow the address space")]
+    TooLarge {
+        /// Requested item count.
+        count: u64,
+        /// Item size that overflowed.
+        size: u64,
+    },
+    /// An index is not below `count`.
+    #[error("index {index} (position {position}) is out of range for a storage of {count} items")]
+    IndexOutOfRange {
+        /// The offending index.
+        index: u64,
+        /// Its position in the caller's index list.
+        position: usize,
+        /// The storage's item count.
+        count: u64,
+    },
+    /// An index appears more than once in one checkin.
+    #[error("index {index} appears twice in one checkin (positions {first} and {second})")]
+    DuplicateIndex {
+        /// The repeated index.
+        index: u64,
+        /// First position it appears at.
+        first: usize,
+        /// Second position it appears at.
+        second: usize,
+    },
+    /// A buffer has the wrong number of bytes for the batch.
+    #[error("{which} buffer holds {actual} bytes, expected {expected} ({items} items of {size} bytes)")]
+    BufferLength {
+        /// `data` or `meta`.
+        which: &'static str,
+        /// Bytes the batch needs.
+        expected: usize,
+        /// Bytes the buffer has.
+        actual: usize,
+        /// Items in the batch.
+        items: usize,
+        /// Bytes per item.
+        size: usize,
+    },
+    /// A caller buffer shares memory with the storage itself.
+    #[error("{which} buffer overlaps the storage's own memory")]
+    BufferOverlaps {
+        /// `data` or `meta`.
+        which: &'static str,
+    },
+    /// A placement region is smaller than the segment it must hold.
+    #[error("{which} region holds {actual} bytes, the segment needs {expected}")]
+    RegionTooSmall {
+        /// `data` or `meta`.
+        which: &'static str,
+        /// Bytes the segment needs.
+        expected: usize,
+        /// Bytes the region has.
+        actual: usize,
+    },
+    /// The storage was released; nothing can be done with it any more.
+    #[error("the storage has been released")]
+    Released,
+    /// The kernel refused to map the memory.
+    #[error("could not map {bytes} bytes of untrusted memory: {source}")]
+    Map {
+        /// Bytes requested.
+        bytes: usize,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// A query to the kernel failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Shape of a storage: how many items and how big each part is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Number of items.
+    pub count: u64,
+    /// Bytes of data per item.
+    pub data_size: usize,
+    /// Bytes of metadata per item.
+    pub meta_size: usize,
+}
+
+impl Layout {
+    /// Checks the sizes: all positive and both segments addressable.
+    pub fn new(count: u64, data_size: u64, meta_size: u64) -> Result<Layout, StorageError> {
+        if count == 0 {
+            return Err(StorageError::ZeroCount);
+        }
+        if data_size == 0 {
+            return Err(StorageError::ZeroSize { which: "data_size" });
+        }
+        if meta_size == 0 {
+            return Err(StorageError::ZeroSize { which: "meta_size" });
+        }
+        for size in [data_size, meta_size] {
+            let fits = count
+                .checked_mul(size)
+                .is_some_and(|bytes| bytes <= isize::MAX as u64);
+            if !fits {
+                return Err(StorageError::TooLarge { count, size });
+            }
+        }
+        // Both products fit in isize, and so does their sum only if checked.
+        let total = count * data_size + count * meta_size;
+        if total > isize::MAX as u64 {
+            return Err(StorageError::TooLarge {
+                count,
+                size: data_size + meta_size,
+            });
+        }
+        Ok(Layout {
+            count,
+            data_size: data_size as usize,
+            meta_size: meta_size as usize,
+        })
+    }
+
+    /// Bytes of the data segment.
+    pub fn data_bytes(&self) -> usize {
+        self.count as usize * self.data_size
+    }
+
+    /// Bytes of the metadata segment.
+    pub fn meta_bytes(&self) -> usize {
+        self.count as usize * self.meta_size
+    }
+
+    /// Bytes of both segments.
+    pub fn nbytes(&self) -> usize {
+        self.data_bytes() + self.meta_bytes()
+    }
+
+    /// Checks every index against `count`.
+    pub fn check_indices(&self, indices: &[u64]) -> Result<(), StorageError> {
+        match indices.iter().position(|&i| i >= self.count) {
+            None => Ok(()),
+            Some(position) => Err(StorageError::IndexOutOfRange {
+                index: indices[position],
+                position,
+                count: self.count,
+            }),
+        }
+    }
+
+    /// Checks that a data and a metadata buffer have exactly the room for `items` items.
+    pub fn check_buffers(
+        &self,
+        items: usize,
+        data_len: usize,
+        meta_len: usize,
+    ) -> Result<(), StorageError> {
+        for (which, size, actual) in [
+            ("data", self.data_size, data_len),
+            ("meta", self.meta_size, meta_len),
+        ] {
+            // `items * size` cannot overflow when it equals a real buffer's length; if it
+            // overflows, no buffer can match it.
+            let expected = items.checked_mul(size);
+            if expected != Some(actual) {
+                return Err(StorageError::BufferLength {
+                    which,
+                    expected: expected.unwrap_or(usize::MAX),
+                    actual,
+                    items,
+                    size,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rejects an index list in which some index appears twice.
+pub fn check_distinct(indices: &[u64]) -> Result<(), StorageError> {
+    // A path of a tree ORAM is a few dozen indices: comparing pairs is quicker than sorting.
+    const PAIRWISE_LIMIT: usize = 32;
+    if indices.len() <= PAIRWISE_LIMIT {
+        for (second, &index) in indices.iter().enumerate() {
+            if let Some(first) = indices[..second].iter().position(|&j| j == index) {
+                return Err(StorageError::DuplicateIndex {
+                    index,
+                    first,
+                    second,
+                });
+            }
+        }
+        return Ok(());
+    }
+    let mut sorted: Vec<(u64, usize)> = indices.iter().copied().zip(0..).collect();
+    sorted.sort_unstable();
+    match sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+        None => Ok(()),
+        Some(w) => Err(StorageError::DuplicateIndex {
+            index: w[0].0,
+            first: w[0].1,
+            second: w[1].1,
+        }),
+    }
+}
+
+static ALLOCATED_BYTES: AtomicU64 = AtomicU64::new(0);
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// Bytes of segments held by all live storages of this process.
+pub fn allocated_bytes() -> u64 {
+    ALLOCATED_BYTES.load(Ordering::Relaxed)
+}
+
+/// The two segments of a live storage. Dropping them gives the memory back and updates the
+/// accounting.
+struct Segments {
+    data: Segment,
+    meta: Segment,
+}
+
+/// Fixed-size items in two lazily mapped segments, moved in and out in batches.
+///
+/// Checkouts take a shared lock and may run in parallel; checkins and release take the lock
+/// exclusively, so a release never unmaps memory that a copy is still using.
+pub struct Storage {
+    layout: Layout,
+    serial: u64,
+    accounted: u64,
+    segments: RwLock<Option<Segments>>,
+}
+
+impl Storage {
+    /// Creates a storage in fresh anonymous mappings: no page is touched.
+    pub fn new(count: u64, data_size: u64, meta_size: u64) -> Result<Storage, StorageError> {
+        let layout = Layout::new(count, data_size, meta_size)?;
+        let map = |bytes: usize| {
+            Segment::map_anonymous(bytes).map_err(|source| StorageError::Map { bytes, source })
+        };
+        let data = map(layout.data_bytes())?;
+        let meta = map(layout.meta_bytes())?;
+        Ok(Storage::assemble(layout, data, meta))
+    }
+
+    /// Creates a storage in segments placed elsewhere (an allocator's blocks, say).
+    ///
+    /// The data segment is used as it is; a metadata segment that is not a fresh anonymous
+    /// mapping is zeroed once here, so never-written items still read zero metadata.
+    pub fn with_segments(
+        layout: Layout,
+        data: Segment,
+        mut meta: Segment,
+    ) -> Result<Storage, StorageError> {
+        for (which, seg, expected) in [
+            ("data", &data, layout.data_bytes()),
+            ("meta", &meta, layout.meta_bytes()),
+        ] {
+            if seg.len() < expected {
+                return Err(StorageError::RegionTooSmall {
+                    which,
+                    expected,
+                    actual: seg.len(),
+                });
+            }
+        }
+        if !meta.is_anonymous() {
+            meta.zero();
+        }
+        Ok(Storage::assemble(layout, data, meta))
+    }
+
+    fn assemble(layout: Layout, data: Segment, meta: Segment) -> Storage {
+        let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
+        let accounted = (data.len() + meta.len()) as u64;
+        let total = ALLOCATED_BYTES.fetch_add(accounted, Ordering::Relaxed) + accounted;
+        log::info!(
+            target: "oramstore",
+            "allocated untrusted storage #{serial} in {}: count={} data_size={} meta_size={} \
+             bytes={accounted} total={total}",
+            data.kind(),
+            layout.count,
+            layout.data_size,
+            layout.meta_size,
+        );
+        Storage {
+            layout,
+            serial,
+            accounted,
+            segments: RwLock::new(Some(Segments { data, meta })),
+        }
+    }
+
+    /// The storage's shape.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Whether [`Storage::release`] has been called.
+    pub fn is_released(&self) -> bool {
+        self.segments.read().is_none()
+    }
+
+    /// Copies the items at `indices` into `data_out` and `meta_out`, item `k` of the batch at
+    /// offset `k * size`. An index may repeat.
+    pub fn checkout(
+        &self,
+        indices: &[u64],
+        data_out: &mut [u8],
+        meta_out: &mut [u8],
+    ) -> Result<(), StorageError> {
+        let layout = &self.layout;
+        layout.check_buffers(indices.len(), data_out.len(), meta_out.len())?;
+        layout.check_indices(indices)?;
+        let guard = self.segments.read();
+        let segs = guard.as_ref().ok_or(StorageError::Released)?;
+        check_no_overlap(segs, data_out.as_ptr(), data_out.len(), "data")?;
+        check_no_overlap(segs, meta_out.as_ptr(), meta_out.len(), "meta")?;
+        for (seg, out, size) in [
+            (&segs.data, data_out, layout.data_size),
+            (&segs.meta, meta_out, layout.meta_size),
+        ] {
+            let base = seg.as_ptr();
+            for (chunk, &index) in out.chunks_exact_mut(size).zip(indices) {
+                // SAFETY: `index < count` was checked, so `index * size + size` is within the
+                // segment, which stays mapped while the read guard lives; `chunk` is `size`
+                // bytes of the caller's buffer, which does not overlap the segment (checked).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        base.add(index as usize * size),
+                        chunk.as_mut_ptr(),
+                        size,
+                    )
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies item `k` of `data_in` and `meta_in` to the item at `indices[k]`. Indices must be
+    /// distinct.
+    pub fn checkin(
+        &self,
+        indices: &[u64],
+        data_in: &[u8],
+        meta_in: &[u8],
+    ) -> Result<(), StorageError> {
+        let layout = &self.layout;
+        layout.check_buffers(indices.len(), data_in.len(), meta_in.len())?;
+        layout.check_indices(indices)?;
+        check_distinct(indices)?;
+        let guard = self.segments.write();
+        let segs = guard.as_ref().ok_or(StorageError::Released)?;
+        check_no_overlap(segs, data_in.as_ptr(), data_in.len(), "data")?;
+        check_no_overlap(segs, meta_in.as_ptr(), meta_in.len(), "meta")?;
+        for (seg, input, size) in [
+            (&segs.data, data_in, layout.data_size),
+            (&segs.meta, meta_in, layout.meta_size),
+        ] {
+            let base = seg.as_ptr();
+            for (chunk, &index) in input.chunks_exact(size).zip(indices) {
+                // SAFETY: `index < count`, so the target lies within the segment, which stays
+                // mapped and unshared while the write guard lives; `chunk` is `size` readable
+                // bytes that do not overlap the segment (checked).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        chunk.as_ptr(),
+                        base.add(index as usize * size),
+                        size,
+                    )
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the memory back at once. Returns false if it was already released.
+    ///
+    /// Waits for copies in progress on other threads to finish.
+    pub fn release(&self) -> bool {
+        let taken = self.segments.write().take();
+        let was_live = taken.is_some();
+        drop(taken);
+        if was_live {
+            self.account_release();
+        }
+        was_live
+    }
+
+    fn account_release(&self) {
+        let total = ALLOCATED_BYTES.fetch_sub(self.accounted, Ordering::Relaxed) - self.accounted;
+        log::info!(
+            target: "oramstore",
+            "released untrusted storage #{}: count={} data_size={} meta_size={} bytes={} total={total}",
+            self.serial,
+            self.layout.count,
+            self.layout.data_size,
+            self.layout.meta_size,
+            self.accounted,
+        );
+    }
+
+    /// Bytes of both segments that are resident in physical memory.
+    pub fn resident_bytes(&self) -> Result<usize, StorageError> {
+        let guard = self.segments.read();
+        let segs = guard.as_ref().ok_or(StorageError::Released)?;
+        Ok(segs.data.resident_bytes()? + segs.meta.resident_bytes()?)
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if self.segments.get_mut().take().is_some() {
+            self.account_release();
+        }
+    }
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("serial", &self.serial)
+            .field("layout", &self.layout)
+            .field("released", &self.is_released())
+            .finish()
+    }
+}
+
+fn check_no_overlap(
+    segs: &Segments,
+    ptr: *const u8,
+    len: usize,
+    which: &'static str,
+) -> Result<(), StorageError> {
+    if segs.data.overlaps(ptr, len) || segs.meta.overlaps(ptr, len) {
+        return Err(StorageError::BufferOverlaps { which });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn item(index: u64, size: usize, salt: u8) -> Vec<u8> {
+        (0..size)
+            .map(|b| (index as u8).wrapping_mul(31) ^ (b as u8) ^ salt)
+            .collect()
+    }
+
+    #[test]
+    fn unwritten_metadata_reads_zero() {
+        let s = Storage::new(1 << 20, 4096, 64).unwrap();
+        let mut data = vec![0u8; 3 * 4096];
+        let mut meta = vec![0xFFu8; 3 * 64];
+        s.checkout(&[0, 77, (1 << 20) - 1], &mut data, &mut meta).unwrap();
+        assert!(meta.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn creation_touches_no_memory() {
+        let s = Storage::new(1 << 20, 4096, 64).unwrap();
+        assert_eq!(s.resident_bytes().unwrap(), 0);
+        assert_eq!(s.layout().nbytes(), (1 << 20) * (4096 + 64));
+    }
+
+    #[test]
+    fn checkin_then_checkout_round_trips_in_request_order() {
+        let s = Storage::new(100, 24, 8).unwrap();
+        let idx = [5u64, 99, 0];
+        let data: Vec<u8> = idx.iter().flat_map(|&i| item(i, 24, 1)).collect();
+        let meta: Vec<u8> = idx.iter().flat_map(|&i| item(i, 8, 2)).collect();
+        s.checkin(&idx, &data, &meta).unwrap();
+        let order = [0u64, 5, 5, 99];
+        let mut d = vec![0u8; 4 * 24];
+        let mut m = vec![0u8; 4 * 8];
+        s.checkout(&order, &mut d, &mut m).unwrap();
+        for (k, &i) in order.iter().enumerate() {
+            assert_eq!(d[k * 24..(k + 1) * 24], item(i, 24, 1)[..]);
+            assert_eq!(m[k * 8..(k + 1) * 8], item(i, 8, 2)[..]);
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected() {
+        assert!(matches!(Storage::new(0, 8, 8), Err(StorageError::ZeroCount)));
+        assert!(matches!(
+            Storage::new(1, 0, 8),
+            Err(StorageError::ZeroSize { which: "data_size" })
+        ));
+        assert!(matches!(
+            Storage::new(1, 8, 0),
+            Err(StorageError::ZeroSize { which: "meta_size" })
+        ));
+        assert!(matches!(
+            Storage::new(u64::MAX, 2, 8),
+            Err(StorageError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            Storage::new(1 << 62, 1, 1),
+            Err(StorageError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn kernel_refusal_is_an_error_not_a_crash() {
+        // 2^60 bytes fits in isize but exceeds every x86-64 and aarch64 user address space.
+        let err = Storage::new(1 << 48, 1 << 12, 8).unwrap_err();
+        assert!(matches!(err, StorageError::Map { bytes, .. } if bytes == 1 << 60), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_index_names_it_and_moves_nothing() {
+        let s = Storage::new(10, 8, 8).unwrap();
+        let mut d = vec![7u8; 16];
+        let mut m = vec![7u8; 16];
+        let err = s.checkout(&[3, 10], &mut d, &mut m).unwrap_err();
+        assert!(matches!(
+            err,
+            StorageError::IndexOutOfRange { index: 10, position: 1, count: 10 }
+        ));
+        assert!(d.iter().chain(&m).all(|&b| b == 7));
+        let err = s.checkin(&[u64::MAX], &[1; 8], &[1; 8]).unwrap_err();
+        assert!(matches!(err, StorageError::IndexOutOfRange { .. }));
+    }
+
+    #[test]
+    fn duplicate_checkin_indices_are_rejected() {
+        let s = Storage::new(100, 8, 8).unwrap();
+        let err = s.checkin(&[1, 2, 1], &[0; 24], &[0; 24]).unwrap_err();
+        assert!(matches!(
+            err,
+            StorageError::DuplicateIndex { index: 1, first: 0, second: 2 }
+        ));
+        let mut long: Vec<u64> = (0..60).collect();
+        long.push(42);
+        let err = s.checkin(&long, &[0; 61 * 8], &[0; 61 * 8]).unwrap_err();
+        assert!(matches!(
+            err,
+            StorageError::DuplicateIndex { index: 42, first: 42, second: 60 }
+        ));
+        // Nothing was written by the rejected calls.
+        let mut m = [9u8; 8];
+        s.checkout(&[1], &mut [0; 8], &mut m).unwrap();
+        assert_eq!(m, [0; 8]);
+    }
+
+    #[test]
+    fn wrong_buffer_lengths_are_rejected() {
+        let s = Storage::new(10, 16, 8).unwrap();
+        let err = s.checkout(&[1, 2], &mut [0; 31], &mut [0; 16]).unwrap_err();
+        assert!(matches!(
+            err,
+            StorageError::BufferLength { which: "data", expected: 32, actual: 31, .. }
+        ));
+        let err = s.checkin(&[1], &[0; 16], &[0; 9]).unwrap_err();
+        assert!(matches!(err, StorageError::BufferLength { which: "meta", .. }));
+    }
+
+    #[test]
+    fn released_storage_refuses_everything() {
+        let s = Storage::new(10, 8, 8).unwrap();
+        let before = allocated_bytes();
+        assert!(s.release());
+        assert!(!s.release());
+        assert!(s.is_released());
+        assert!(allocated_bytes() <= before);
+        assert!(matches!(
+            s.checkout(&[0], &mut [0; 8], &mut [0; 8]),
+            Err(StorageError::Released)
+        ));
+        assert!(matches!(s.checkin(&[0], &[0; 8], &[0; 8]), Err(StorageError::Released)));
+        assert!(matches!(s.resident_bytes(), Err(StorageError::Released)));
+    }
+
+    #[test]
+    fn empty_batches_are_fine() {
+        let s = Storage::new(10, 8, 8).unwrap();
+        s.checkout(&[], &mut [], &mut []).unwrap();
+        s.checkin(&[], &[], &[]).unwrap();
+    }
+
+    #[test]
+    fn concurrent_checkouts_and_checkins_see_whole_items() {
+        let s = std::sync::Arc::new(Storage::new(64, 256, 8).unwrap());
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for round in 0..500u32 {
+                        let i = (round * 7 + t as u32) as u64 % 64;
+                        if t % 2 == 0 {
+                            let v = (round % 251) as u8;
+                            s.checkin(&[i], &[v; 256], &[v; 8]).unwrap();
+                        } else {
+                            let mut d = [0u8; 256];
+                            let mut m = [0u8; 8];
+                            s.checkout(&[i], &mut d, &mut m).unwrap();
+                            // Checkins are whole: an item never mixes two writes.
+                            assert!(d.iter().all(|&b| b == d[0]));
+                            assert!(m.iter().all(|&b| b == m[0]));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Checkin(Vec<u64>, u8),
+        Checkout(Vec<u64>),
+    }
+
+    fn op(count: u64) -> impl Strategy<Value = Op> {
+        // Indices up to count + 2 so that out-of-range ones are exercised too.
+        let idx = prop::collection::vec(0..count + 2, 0..12);
+        prop_oneof![
+            (idx.clone(), any::<u8>()).prop_map(|(i, s)| Op::Checkin(i, s)),
+            idx.prop_map(Op::Checkout),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn matches_a_plain_model(ops in prop::collection::vec(op(20), 1..60)) {
+            const D: usize = 12;
+            const M: usize = 4;
+            let s = Storage::new(20, D as u64, M as u64).unwrap();
+            let mut model_meta = vec![0u8; 20 * M];
+            let mut model_data: Vec<Option<Vec<u8>>> = vec![None; 20];
+            for op in ops {
+                match op {
+                    Op::Checkin(idx, salt) => {
+                        let data: Vec<u8> = idx.iter().flat_map(|&i| item(i, D, salt)).collect();
+                        let meta: Vec<u8> = idx.iter().flat_map(|&i| item(i, M, !salt)).collect();
+                        let valid = idx.iter().all(|&i| i < 20) && check_distinct(&idx).is_ok();
+                        let res = s.checkin(&idx, &data, &meta);
+                        prop_assert_eq!(res.is_ok(), valid);
+                        if valid {
+                            for (k, &i) in idx.iter().enumerate() {
+                                let i = i as usize;
+                                model_data[i] = Some(data[k * D..(k + 1) * D].to_vec());
+                                model_meta[i * M..(i + 1) * M].copy_from_slice(&meta[k * M..(k + 1) * M]);
+                            }
+                        }
+                    }
+                    Op::Checkout(idx) => {
+                        let mut d = vec![0u8; idx.len() * D];
+                        let mut m = vec![0u8; idx.len() * M];
+                        let res = s.checkout(&idx, &mut d, &mut m);
+                        prop_assert_eq!(res.is_ok(), idx.iter().all(|&i| i < 20));
+                        if res.is_ok() {
+                            for (k, &i) in idx.iter().enumerate() {
+                                let i = i as usize;
+                                prop_assert_eq!(&m[k * M..(k + 1) * M], &model_meta[i * M..(i + 1) * M]);
+                                if let Some(want) = &model_data[i] {
+                                    prop_assert_eq!(&d[k * D..(k + 1) * D], &want[..]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
