@@ -28,6 +28,9 @@ pub unsafe trait Region: Send + Sync {
     }
 }
 
+/// What owns a segment's memory. The values are held only for their `Drop`, which unmaps the
+/// mapping or gives the region back.
+#[expect(dead_code, reason = "fields are held for their Drop")]
 enum Backing {
     Mapped(MmapMut),
     Region(Box<dyn Region>),

@@ -59,7 +59,9 @@ pub enum StorageError {
         second: usize,
     },
     /// A buffer has the wrong number of bytes for the batch.
-    #[error("{which} buffer holds {actual} bytes, expected {expected} ({items} items of {size} bytes)")]
+    #[error(
+        "{which} buffer holds {actual} bytes, expected {expected} ({items} items of {size} bytes)"
+    )]
     BufferLength {
         /// `data` or `meta`.
         which: &'static str,
@@ -482,7 +484,8 @@ mod tests {
         let s = Storage::new(1 << 20, 4096, 64).unwrap();
         let mut data = vec![0u8; 3 * 4096];
         let mut meta = vec![0xFFu8; 3 * 64];
-        s.checkout(&[0, 77, (1 << 20) - 1], &mut data, &mut meta).unwrap();
+        s.checkout(&[0, 77, (1 << 20) - 1], &mut data, &mut meta)
+            .unwrap();
         assert!(meta.iter().all(|&b| b == 0));
     }
 
@@ -512,7 +515,10 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_rejected() {
-        assert!(matches!(Storage::new(0, 8, 8), Err(StorageError::ZeroCount)));
+        assert!(matches!(
+            Storage::new(0, 8, 8),
+            Err(StorageError::ZeroCount)
+        ));
         assert!(matches!(
             Storage::new(1, 0, 8),
             Err(StorageError::ZeroSize { which: "data_size" })
@@ -535,7 +541,10 @@ mod tests {
     fn kernel_refusal_is_an_error_not_a_crash() {
         // 2^60 bytes fits in isize but exceeds every x86-64 and aarch64 user address space.
         let err = Storage::new(1 << 48, 1 << 12, 8).unwrap_err();
-        assert!(matches!(err, StorageError::Map { bytes, .. } if bytes == 1 << 60), "{err}");
+        assert!(
+            matches!(err, StorageError::Map { bytes, .. } if bytes == 1 << 60),
+            "{err}"
+        );
     }
 
     #[test]
@@ -546,7 +555,11 @@ mod tests {
         let err = s.checkout(&[3, 10], &mut d, &mut m).unwrap_err();
         assert!(matches!(
             err,
-            StorageError::IndexOutOfRange { index: 10, position: 1, count: 10 }
+            StorageError::IndexOutOfRange {
+                index: 10,
+                position: 1,
+                count: 10
+            }
         ));
         assert!(d.iter().chain(&m).all(|&b| b == 7));
         let err = s.checkin(&[u64::MAX], &[1; 8], &[1; 8]).unwrap_err();
@@ -559,14 +572,22 @@ mod tests {
         let err = s.checkin(&[1, 2, 1], &[0; 24], &[0; 24]).unwrap_err();
         assert!(matches!(
             err,
-            StorageError::DuplicateIndex { index: 1, first: 0, second: 2 }
+            StorageError::DuplicateIndex {
+                index: 1,
+                first: 0,
+                second: 2
+            }
         ));
         let mut long: Vec<u64> = (0..60).collect();
         long.push(42);
         let err = s.checkin(&long, &[0; 61 * 8], &[0; 61 * 8]).unwrap_err();
         assert!(matches!(
             err,
-            StorageError::DuplicateIndex { index: 42, first: 42, second: 60 }
+            StorageError::DuplicateIndex {
+                index: 42,
+                first: 42,
+                second: 60
+            }
         ));
         // Nothing was written by the rejected calls.
         let mut m = [9u8; 8];
@@ -580,10 +601,18 @@ mod tests {
         let err = s.checkout(&[1, 2], &mut [0; 31], &mut [0; 16]).unwrap_err();
         assert!(matches!(
             err,
-            StorageError::BufferLength { which: "data", expected: 32, actual: 31, .. }
+            StorageError::BufferLength {
+                which: "data",
+                expected: 32,
+                actual: 31,
+                ..
+            }
         ));
         let err = s.checkin(&[1], &[0; 16], &[0; 9]).unwrap_err();
-        assert!(matches!(err, StorageError::BufferLength { which: "meta", .. }));
+        assert!(matches!(
+            err,
+            StorageError::BufferLength { which: "meta", .. }
+        ));
     }
 
     #[test]
@@ -598,7 +627,10 @@ mod tests {
             s.checkout(&[0], &mut [0; 8], &mut [0; 8]),
             Err(StorageError::Released)
         ));
-        assert!(matches!(s.checkin(&[0], &[0; 8], &[0; 8]), Err(StorageError::Released)));
+        assert!(matches!(
+            s.checkin(&[0], &[0; 8], &[0; 8]),
+            Err(StorageError::Released)
+        ));
         assert!(matches!(s.resident_bytes(), Err(StorageError::Released)));
     }
 
@@ -659,7 +691,7 @@ mod tests {
             const D: usize = 12;
             const M: usize = 4;
             let s = Storage::new(20, D as u64, M as u64).unwrap();
-            let mut model_meta = vec![0u8; 20 * M];
+            let mut model_meta = [0u8; 20 * M];
             let mut model_data: Vec<Option<Vec<u8>>> = vec![None; 20];
             for op in ops {
                 match op {
