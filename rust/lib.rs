@@ -1,8 +1,24 @@
 //! oramstore's native core: untrusted block storage, its C ABI, and the Python bindings.
 //!
-//! The modules `segment`, `storage` and `ocall` use no Python; `py` wraps them for the
-//! `oramstore._native` extension module when the `python` feature is on.
+//! The modules `segment`, `storage` and `ocall` use no Python and are tested by `cargo test`
+//! alone; `py` wraps them for the `oramstore._native` extension module when the `python`
+//! feature is on.
 
 pub mod ocall;
 pub mod segment;
 pub mod storage;
+
+#[cfg(feature = "python")]
+mod py;
+
+#[cfg(feature = "python")]
+#[pyo3::pymodule]
+fn _native(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+    use pyo3::prelude::*;
+    pyo3_log::Logger::new(m.py(), pyo3_log::Caching::Nothing)?
+        .install()
+        .ok();
+    m.add_class::<py::storage::PyUntrustedStorage>()?;
+    m.add_function(wrap_pyfunction!(py::storage::allocated_bytes, m)?)?;
+    Ok(())
+}

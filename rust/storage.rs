@@ -235,6 +235,34 @@ pub fn check_distinct(indices: &[u64]) -> Result<(), StorageError> {
     }
 }
 
+/// A stretch of the batch whose indices are consecutive, so that its items lie side by side
+/// both in the segment and in the caller's buffer and move with one copy.
+#[derive(Debug, PartialEq, Eq)]
+struct Run {
+    first: u64,
+    position: usize,
+    len: usize,
+}
+
+fn runs(indices: &[u64]) -> impl Iterator<Item = Run> + '_ {
+    let mut position = 0;
+    std::iter::from_fn(move || {
+        let rest = indices.get(position..).filter(|r| !r.is_empty())?;
+        let first = rest[0];
+        let len = 1 + rest
+            .windows(2)
+            .take_while(|w| w[0].checked_add(1) == Some(w[1]))
+            .count();
+        let run = Run {
+            first,
+            position,
+            len,
+        };
+        position += len;
+        Some(run)
+    })
+}
+
 static ALLOCATED_BYTES: AtomicU64 = AtomicU64::new(0);
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
@@ -351,15 +379,18 @@ impl Storage {
             (&segs.meta, meta_out, layout.meta_size),
         ] {
             let base = seg.as_ptr();
-            for (chunk, &index) in out.chunks_exact_mut(size).zip(indices) {
-                // SAFETY: `index < count` was checked, so `index * size + size` is within the
-                // segment, which stays mapped while the read guard lives; `chunk` is `size`
-                // bytes of the caller's buffer, which does not overlap the segment (checked).
+            for run in runs(indices) {
+                let bytes = run.len * size;
+                let to = &mut out[run.position * size..][..bytes];
+                // SAFETY: every index of the run is below `count` (checked), so the run's
+                // `bytes` lie within the segment, which stays mapped while the read guard
+                // lives; `to` is part of the caller's buffer, which does not overlap the
+                // segment (checked).
                 unsafe {
                     std::ptr::copy_nonoverlapping(
-                        base.add(index as usize * size),
-                        chunk.as_mut_ptr(),
-                        size,
+                        base.add(run.first as usize * size),
+                        to.as_mut_ptr(),
+                        bytes,
                     )
                 };
             }
@@ -388,15 +419,17 @@ impl Storage {
             (&segs.meta, meta_in, layout.meta_size),
         ] {
             let base = seg.as_ptr();
-            for (chunk, &index) in input.chunks_exact(size).zip(indices) {
-                // SAFETY: `index < count`, so the target lies within the segment, which stays
-                // mapped and unshared while the write guard lives; `chunk` is `size` readable
-                // bytes that do not overlap the segment (checked).
+            for run in runs(indices) {
+                let bytes = run.len * size;
+                let from = &input[run.position * size..][..bytes];
+                // SAFETY: every index of the run is below `count`, so the target lies within
+                // the segment, which stays mapped and unshared while the write guard lives;
+                // `from` is readable and does not overlap the segment (checked).
                 unsafe {
                     std::ptr::copy_nonoverlapping(
-                        chunk.as_ptr(),
-                        base.add(index as usize * size),
-                        size,
+                        from.as_ptr(),
+                        base.add(run.first as usize * size),
+                        bytes,
                     )
                 };
             }
@@ -477,6 +510,25 @@ mod tests {
         (0..size)
             .map(|b| (index as u8).wrapping_mul(31) ^ (b as u8) ^ salt)
             .collect()
+    }
+
+    #[test]
+    fn consecutive_indices_form_runs() {
+        let got: Vec<(u64, usize, usize)> = runs(&[4, 5, 6, 1, 9, 10, 10, u64::MAX, 0])
+            .map(|r| (r.first, r.position, r.len))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (4, 0, 3),
+                (1, 3, 1),
+                (9, 4, 2),
+                (10, 6, 1),
+                (u64::MAX, 7, 1),
+                (0, 8, 1)
+            ]
+        );
+        assert_eq!(runs(&[]).count(), 0);
     }
 
     #[test]

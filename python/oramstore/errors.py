@@ -1,0 +1,31 @@
+"""The exceptions oramstore raises, rooted at :class:`OramStoreError`.
+
+Bad arguments raise the built-in exception that fits (``IndexError`` for indices, ``ValueError``
+and ``TypeError`` for sizes and buffers, ``MemoryError`` when the kernel refuses memory); the
+classes here name the conditions that are oramstore's own.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "IntegrityError",
+    "OramStoreError",
+    "StashOverflowError",
+    "StorageReleasedError",
+]
+
+
+class OramStoreError(Exception):
+    """Base class of every exception that is specific to oramstore."""
+
+
+class StorageReleasedError(OramStoreError, ValueError):
+    """A storage (or a structure built on it) was used after it was released or closed."""
+
+
+class IntegrityError(OramStoreError):
+    """Untrusted memory was modified, swapped, or rolled back behind the trusted side's back."""
+
+
+class StashOverflowError(OramStoreError):
+    """An ORAM stash exceeded its fixed capacity."""
