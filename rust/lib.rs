@@ -4,6 +4,7 @@
 //! alone; `py` wraps them for the `oramstore._native` extension module when the `python`
 //! feature is on.
 
+pub mod copy;
 pub mod ocall;
 pub mod segment;
 pub mod storage;

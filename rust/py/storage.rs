@@ -56,6 +56,9 @@ pub fn size_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
     })
 }
 
+/// A batch of items as `(data, meta)` arrays.
+type Items<'py> = (Bound<'py, PyArray2<u8>>, Bound<'py, PyArray2<u8>>);
+
 #[pyclass(module = "oramstore", name = "UntrustedStorage", frozen)]
 pub struct PyUntrustedStorage {
     inner: Storage,
@@ -135,11 +138,7 @@ impl PyUntrustedStorage {
         Ok(self.inner.resident_bytes()?)
     }
 
-    fn checkout<'py>(
-        &self,
-        py: Python<'py>,
-        indices: &Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyArray2<u8>>, Bound<'py, PyArray2<u8>>)> {
+    fn checkout<'py>(&self, py: Python<'py>, indices: &Bound<'py, PyAny>) -> PyResult<Items<'py>> {
         let indices = indices_from(indices)?;
         let layout = self.inner.layout();
         // Check before allocating, so a bad index never costs a large allocation.
