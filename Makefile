@@ -55,6 +55,7 @@ bench-rust:
 
 bench-python: build
 	$(PY) benches/bench_storage.py
+	$(PY) benches/bench_tree.py
 
 clean:
 	rm -rf $(VENV) target

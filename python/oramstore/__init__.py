@@ -3,11 +3,13 @@
 The package is layered; a program may stop at any layer:
 
 * :class:`UntrustedStorage` -- fixed-size items in lazily mapped host memory, moved in batches.
+* :class:`TreeStorage` -- a tree of buckets over it, encrypted, authenticated and fresh.
 """
 
 from __future__ import annotations
 
 from oramstore._native import UntrustedStorage, allocated_bytes
+from oramstore.enclave import TreeStorage
 from oramstore.errors import (
     IntegrityError,
     OramStoreError,
@@ -20,6 +22,7 @@ __all__ = [
     "OramStoreError",
     "StashOverflowError",
     "StorageReleasedError",
+    "TreeStorage",
     "UntrustedStorage",
     "allocated_bytes",
 ]

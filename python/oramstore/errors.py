@@ -24,7 +24,15 @@ class StorageReleasedError(OramStoreError, ValueError):
 
 
 class IntegrityError(OramStoreError):
-    """Untrusted memory was modified, swapped, or rolled back behind the trusted side's back."""
+    """Untrusted memory was modified, swapped, or rolled back behind the trusted side's back.
+
+    Attributes:
+        index: the tree index of the bucket that failed its check, when there is one.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class StashOverflowError(OramStoreError):

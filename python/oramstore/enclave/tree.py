@@ -1,0 +1,418 @@
+"""A complete binary tree of buckets, kept confidential, authentic and fresh in untrusted memory.
+
+Buckets are numbered in heap order: the root is 1 and the children of ``n`` are ``2n`` and
+``2n + 1``; leaf ``l`` of a tree of height ``h`` is bucket ``2**h + l``. A branch is the path from
+the root down to a leaf, ``h + 1`` buckets.
+
+The top ``treetop_levels`` levels live in trusted memory as plain numpy arrays. Every bucket below
+lives in one :class:`~oramstore.UntrustedStorage`:
+
+* its data item is ``AES-256-GCM(bucket data || user metadata) || tag``;
+* its metadata item is ``counter || left child record || right child record`` (8 + 24 + 24
+  bytes, padded to 64), where a child record is that child's ``counter || tag``.
+
+The counter is the nonce, drawn from a per-tree sequence that never repeats. The associated data
+binds the bucket's tree index, its counter and its children's records. A parent's record of each
+child therefore pins the child's exact current version, and the records of the first untrusted
+level are kept in trusted memory: a Merkle tree whose roots the host cannot touch. A counter of
+0 means "never written": such a bucket must have all-zero metadata and reads as zeros, and it is
+accepted only where its parent's record says so.
+"""
+
+from __future__ import annotations
+
+import operator
+import threading
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.exceptions import InvalidTag
+
+from oramstore._native import UntrustedStorage
+from oramstore.enclave.crypto import TAG_BYTES, BucketSealer
+from oramstore.errors import IntegrityError, StorageReleasedError
+
+__all__ = ["DEFAULT_TREETOP_BYTES", "TreeStorage"]
+
+DEFAULT_TREETOP_BYTES = 32 << 20
+MAX_HEIGHT = 48
+
+_COUNTER = 8
+_RECORD = _COUNTER + TAG_BYTES  # a child's counter and tag
+_HEADER = _COUNTER + 2 * _RECORD  # bytes of a metadata item that are authenticated
+_META_ITEM = 64  # the metadata item, padded to a multiple of 8 as the OCALL interface wants
+_LEFT = slice(_COUNTER, _COUNTER + _RECORD)
+_RIGHT = slice(_COUNTER + _RECORD, _HEADER)
+_NEVER_WRITTEN = bytes(_RECORD)
+_ZERO_META = bytes(_META_ITEM)
+_PADDING = bytes(_META_ITEM - _HEADER)
+
+Bytes = npt.NDArray[np.uint8]
+
+
+class TreeStorage:
+    """A tree of ``2**(height+1) - 1`` buckets of ``bucket_size`` data bytes and ``meta_size``
+    metadata bytes, with the top levels in trusted memory and the rest encrypted and
+    authenticated in untrusted memory.
+
+    Args:
+        height: levels below the root; a branch has ``height + 1`` buckets.
+        bucket_size: data bytes per bucket.
+        meta_size: user metadata bytes per bucket (may be 0).
+        key: 32-byte AES-256-GCM key; a random one per tree if omitted. Never logged and
+            never written to untrusted memory.
+        treetop_bytes: trusted memory for the top levels (whole levels that fit are kept).
+
+    Nothing is written at creation: a height-20 tree of 16 KiB buckets is ready in
+    milliseconds. Every bucket reads as zeros until it is first written.
+
+    Use: :meth:`checkout_branch`, then :meth:`checkin_branch` of the same leaf. Any failed check
+    raises :class:`~oramstore.IntegrityError` naming the bucket and leaves the trusted state as
+    it was. The object is safe to share between threads (calls are serialised).
+    """
+
+    def __init__(
+        self,
+        height: int,
+        bucket_size: int,
+        meta_size: int,
+        *,
+        key: bytes | None = None,
+        treetop_bytes: int = DEFAULT_TREETOP_BYTES,
+    ) -> None:
+        height = _int_arg(height, "height", 0, MAX_HEIGHT)
+        bucket_size = _int_arg(bucket_size, "bucket_size", 1, 1 << 40)
+        meta_size = _int_arg(meta_size, "meta_size", 0, 1 << 40)
+        treetop_bytes = _int_arg(treetop_bytes, "treetop_bytes", 0, 1 << 62)
+        self._sealer = BucketSealer(key)
+        self.height = height
+        self.bucket_size = bucket_size
+        self.meta_size = meta_size
+        levels = height + 1
+        plain = bucket_size + meta_size
+        top = 0
+        while top < levels and ((1 << (top + 1)) - 1) * plain <= treetop_bytes:
+            top += 1
+        self.treetop_levels = top
+        # Data and metadata side by side, as a branch is returned; zeroed lazily by calloc, so
+        # there is no pass over the treetop either.
+        self._top: Bytes = np.zeros(((1 << top) - 1, plain), np.uint8)
+        self._offset = 1 << top
+        self.untrusted: UntrustedStorage | None = None
+        if top < levels:
+            self.untrusted = UntrustedStorage(
+                (1 << levels) - self._offset, plain + TAG_BYTES, _META_ITEM
+            )
+        # Scratch space for the sealed half of one branch, reused by every call (under the
+        # lock): fresh buffers this size would be mapped and faulted in on every access.
+        self._sealed: Bytes = np.empty((levels - top, plain + TAG_BYTES), np.uint8)
+        self._heads = bytearray((levels - top) * _META_ITEM)
+        # The trusted Merkle roots: records of the buckets on the first untrusted level.
+        self._roots: Bytes = np.zeros((self._offset, _RECORD), np.uint8)
+        self._shifts = np.arange(height, -1, -1, dtype=np.int64)
+        self._pending: _Pending | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # --- shape ---------------------------------------------------------------------------
+
+    @property
+    def levels(self) -> int:
+        """Buckets per branch, ``height + 1``."""
+        return self.height + 1
+
+    @property
+    def leaf_count(self) -> int:
+        """Number of leaves (and branches), ``2**height``."""
+        return 1 << self.height
+
+    @property
+    def bucket_count(self) -> int:
+        """Number of buckets, ``2**(height+1) - 1``."""
+        return (1 << self.levels) - 1
+
+    @property
+    def untrusted_offset(self) -> int:
+        """Bucket ``n`` below the treetop is item ``n - untrusted_offset`` of :attr:`untrusted`."""
+        return self._offset
+
+    @property
+    def write_counter(self) -> int:
+        """Number of untrusted bucket writes so far (the last nonce used)."""
+        return self._sealer.counter
+
+    def path(self, leaf: int) -> npt.NDArray[np.int64]:
+        """Tree indices of the buckets on the branch to ``leaf``, root first."""
+        leaf = self._check_leaf(leaf)
+        return (self.leaf_count + leaf) >> self._shifts
+
+    def __repr__(self) -> str:
+        return (
+            f"TreeStorage(height={self.height}, bucket_size={self.bucket_size}, "
+            f"meta_size={self.meta_size}, treetop_levels={self.treetop_levels}"
+            f"{', closed' if self._closed else ''})"
+        )
+
+    # --- access ----------------------------------------------------------------------------
+
+    def checkout_branch(self, leaf: int) -> tuple[Bytes, Bytes]:
+        """Read, verify and decrypt the branch to ``leaf``.
+
+        Returns:
+            ``(data, meta)`` of shapes ``(height+1, bucket_size)`` and ``(height+1, meta_size)``,
+            root first: two views of one fresh ``(height+1, bucket_size + meta_size)`` array,
+            owned by the caller.
+
+        Raises:
+            IndexError: ``leaf`` is not in ``range(leaf_count)``.
+            IntegrityError: a bucket on the branch was modified, swapped, replayed or rolled
+                back; nothing in the trusted state changed.
+        """
+        plain: Bytes = np.empty((self.levels, self.bucket_size + self.meta_size), np.uint8)
+        return self.checkout_branch_into(leaf, plain)
+
+    def checkout_branch_into(self, leaf: int, out: Bytes) -> tuple[Bytes, Bytes]:
+        """Like :meth:`checkout_branch`, into ``out``, a C-contiguous uint8 array of shape
+        ``(height+1, bucket_size + meta_size)``, allocating nothing large.
+
+        Returns the views ``out[:, :bucket_size]`` and ``out[:, bucket_size:]``; handing them to
+        :meth:`checkin_branch` writes the rows straight from ``out``. A loop that reuses one
+        buffer this way touches no fresh memory.
+
+        Raises:
+            ValueError: ``out`` has the wrong shape or layout.
+            TypeError: ``out`` is not a uint8 array.
+        """
+        _check_out(out, self.levels, self.bucket_size + self.meta_size)
+        with self._lock:
+            self._check_open()
+            nodes = self.path(leaf)
+            top = self.treetop_levels
+            heads = b""
+            if top:
+                out[:top] = self._top[nodes[:top] - 1]
+            if self.untrusted is not None:
+                below = nodes[top:]
+                self.untrusted.checkout_into(below - self._offset, self._sealed, self._heads)
+                heads = bytes(self._heads)
+                self._open_branch(below.tolist(), self._sealed, heads, out[top:])
+            data, meta = out[:, : self.bucket_size], out[:, self.bucket_size :]
+            self._pending = _Pending(int(leaf), nodes, out, data, meta, heads)
+            return data, meta
+
+    def checkin_branch(self, leaf: int, data: Any, meta: Any) -> None:
+        """Write the branch to ``leaf`` back, re-encrypted under fresh nonces.
+
+        Must follow :meth:`checkout_branch` of the same leaf, with nothing checked out in between.
+
+        Args:
+            data: ``(height+1) * bucket_size`` bytes (any uint8 array or buffer), root first.
+            meta: ``(height+1) * meta_size`` bytes.
+
+        Raises:
+            ValueError: no checkout of this leaf is pending, or a size is wrong.
+            TypeError: ``data`` or ``meta`` is not uint8 bytes.
+        """
+        with self._lock:
+            self._check_open()
+            leaf = self._check_leaf(leaf)
+            pending = self._pending
+            if pending is None or pending.leaf != leaf:
+                raise ValueError(f"checkin_branch({leaf}) must follow checkout_branch({leaf})")
+            nodes = pending.nodes
+            plain = self._branch_rows(pending, data, meta)
+            top = self.treetop_levels
+            root_record = b""
+            if self.untrusted is not None:
+                root_record = self._seal_branch(nodes[top:], plain[top:], pending.heads)
+            # The untrusted write succeeded; only now does the trusted state change.
+            if top:
+                self._top[nodes[:top] - 1] = plain[:top]
+            if root_record:
+                self._roots[nodes[top] - self._offset] = np.frombuffer(root_record, np.uint8)
+            self._pending = None
+
+    def close(self) -> None:
+        """Release the untrusted memory. Later calls raise StorageReleasedError."""
+        with self._lock:
+            self._closed = True
+            self._pending = None
+            if self.untrusted is not None:
+                self.untrusted.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageReleasedError("the tree storage is closed")
+
+    def _check_leaf(self, leaf: int) -> int:
+        try:
+            index = operator.index(leaf)
+        except TypeError:
+            raise TypeError(f"leaf must be an int, got {type(leaf).__name__}") from None
+        if not 0 <= index < self.leaf_count:
+            raise IndexError(f"leaf {index} is out of range for a tree of {self.leaf_count} leaves")
+        return index
+
+    def _branch_rows(self, pending: _Pending, data: Any, meta: Any) -> Bytes:
+        """The branch as ``(levels, bucket_size + meta_size)`` rows.
+
+        When ``data`` and ``meta`` are the very views :meth:`checkout_branch` returned (updated
+        in place, the usual pattern), their common buffer already holds the rows and nothing is
+        copied.
+        """
+        if data is pending.data and meta is pending.meta:
+            return pending.plain
+        size = self.bucket_size
+        rows: Bytes = np.empty((self.levels, size + self.meta_size), np.uint8)
+        rows[:, :size] = _rows(data, self.levels, size, "data")
+        rows[:, size:] = _rows(meta, self.levels, self.meta_size, "meta")
+        return rows
+
+    def _open_branch(self, nodes: list[int], sealed: Bytes, heads: bytes, out: Bytes) -> None:
+        """Verify the untrusted part of a branch top-down and decrypt it into ``out``.
+
+        Once this returns, ``heads`` holds verified metadata items: the next checkin of the
+        branch takes the records of the buckets that hang off it from there.
+
+        Tags and counters are compared with ordinary equality: they are no secret, the host
+        holds them in its own memory.
+        """
+        expected = self._roots[nodes[0] - self._offset].tobytes()
+        sealed_flat = sealed.data.cast("B")
+        row = sealed.shape[1]
+        open_into = self._sealer.open_into
+        last = len(nodes) - 1
+        for j, node in enumerate(nodes):
+            head = heads[j * _META_ITEM : (j + 1) * _META_ITEM]
+            counter = int.from_bytes(expected[:_COUNTER], "little")
+            if counter == 0:
+                if head != _ZERO_META:
+                    raise IntegrityError(
+                        f"bucket {node} has metadata but its parent records it as never written",
+                        index=node,
+                    )
+                out[j] = 0
+                expected = _NEVER_WRITTEN
+                continue
+            end = (j + 1) * row
+            if (
+                head[:_COUNTER] != expected[:_COUNTER]
+                or sealed_flat[end - TAG_BYTES : end] != expected[_COUNTER:]
+            ):
+                raise IntegrityError(
+                    f"bucket {node} is not the version its parent records "
+                    "(replayed, rolled back, swapped or zeroed)",
+                    index=node,
+                )
+            if head[_HEADER:] != _PADDING:
+                raise IntegrityError(f"bucket {node} has nonzero padding", index=node)
+            try:
+                open_into(counter, sealed[j], node.to_bytes(8, "little") + head[:_HEADER], out[j])
+            except InvalidTag:
+                raise IntegrityError(
+                    f"bucket {node} failed authentication (its bytes were modified)", index=node
+                ) from None
+            if j < last:
+                expected = head[_LEFT] if nodes[j + 1] % 2 == 0 else head[_RIGHT]
+
+    def _seal_branch(self, nodes: npt.NDArray[np.int64], plain: Bytes, checked_out: bytes) -> bytes:
+        """Encrypt the untrusted part of a branch bottom-up, write it, and return the record
+        of its topmost bucket.
+
+        ``checked_out`` are the verified metadata items of the branch's checkout: each keeps the
+        record of its child off the branch, and gets a new counter and a new record of its
+        child on the branch.
+        """
+        assert self.untrusted is not None
+        n = len(nodes)
+        row = plain.shape[1] + TAG_BYTES
+        sealed = self._sealed
+        sealed_flat = sealed.data.cast("B")
+        heads = self._heads
+        heads[:] = checked_out
+        seal_into = self._sealer.seal_into
+        counter = self._sealer.reserve(n)
+        node_list = nodes.tolist()
+        record = b""
+        for j in range(n - 1, -1, -1):
+            node = node_list[j]
+            at = j * _META_ITEM
+            if j < n - 1:
+                slot = at + (_LEFT.start if node_list[j + 1] % 2 == 0 else _RIGHT.start)
+                heads[slot : slot + _RECORD] = record
+            counter_bytes = counter.to_bytes(_COUNTER, "little")
+            heads[at : at + _COUNTER] = counter_bytes
+            seal_into(
+                counter, plain[j], node.to_bytes(8, "little") + heads[at : at + _HEADER], sealed[j]
+            )
+            end = (j + 1) * row
+            record = counter_bytes + sealed_flat[end - TAG_BYTES : end].tobytes()
+            counter += 1
+        self.untrusted.checkin(nodes - self._offset, sealed, heads)
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A checked-out branch awaiting its checkin."""
+
+    leaf: int
+    nodes: npt.NDArray[np.int64]  # the branch, root first
+    plain: Bytes  # the rows handed to the caller
+    data: Bytes  # the two views of them the caller got
+    meta: Bytes
+    heads: bytes  # verified metadata items of the untrusted levels
+
+
+def _int_arg(value: object, name: str, low: int, high: int) -> int:
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if not low <= number <= high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {number}")
+    return number
+
+
+def _check_out(out: object, rows: int, cols: int) -> None:
+    if not isinstance(out, np.ndarray) or out.dtype != np.uint8:
+        raise TypeError(f"out must be a uint8 numpy array, got {type(out).__name__}")
+    if out.shape != (rows, cols) or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(
+            f"out must be a writable C-contiguous array of shape ({rows}, {cols}), "
+            f"got shape {out.shape}"
+        )
+
+
+def _rows(value: Any, rows: int, cols: int, name: str) -> Bytes:
+    """``value`` as a ``(rows, cols)`` uint8 array, without copying when it already is one."""
+    if isinstance(value, np.ndarray):
+        if value.dtype != np.uint8:
+            raise TypeError(f"{name} must be a uint8 array, got dtype {value.dtype}")
+        array: Bytes = value
+    else:
+        try:
+            array = np.frombuffer(value, np.uint8)
+        except TypeError:
+            raise TypeError(
+                f"{name} must be a uint8 array or a bytes-like object, got {type(value).__name__}"
+            ) from None
+    if array.size != rows * cols:
+        raise ValueError(f"{name} must hold {rows} x {cols} bytes, got {array.size}")
+    return array.reshape(rows, cols)
