@@ -4,6 +4,7 @@ The package is layered; a program may stop at any layer:
 
 * :class:`UntrustedStorage` -- fixed-size items in lazily mapped host memory, moved in batches.
 * :class:`TreeStorage` -- a tree of buckets over it, encrypted, authenticated and fresh.
+* :class:`PathORAM` -- an oblivious block store over the tree.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from oramstore.errors import (
     StashOverflowError,
     StorageReleasedError,
 )
+from oramstore.oram import PathORAM
 
 __all__ = [
     "IntegrityError",
     "OramStoreError",
+    "PathORAM",
     "StashOverflowError",
     "StorageReleasedError",
     "TreeStorage",

@@ -272,14 +272,17 @@ class TreeStorage:
     def _branch_rows(self, pending: _Pending, data: Any, meta: Any) -> Bytes:
         """The branch as ``(levels, bucket_size + meta_size)`` rows.
 
-        When ``data`` and ``meta`` are the very views :meth:`checkout_branch` returned (updated
-        in place, the usual pattern), their common buffer already holds the rows and nothing is
-        copied.
+        When ``data`` and ``meta`` are the two halves of one C-contiguous array of that shape
+        (the views :meth:`checkout_branch_into` returns, for this buffer or another), the array
+        already holds the rows and nothing is copied.
         """
         if data is pending.data and meta is pending.meta:
             return pending.plain
         size = self.bucket_size
-        rows: Bytes = np.empty((self.levels, size + self.meta_size), np.uint8)
+        rows = _halves_of(data, meta, self.levels, size, self.meta_size)
+        if rows is not None:
+            return rows
+        rows = np.empty((self.levels, size + self.meta_size), np.uint8)
         rows[:, :size] = _rows(data, self.levels, size, "data")
         rows[:, size:] = _rows(meta, self.levels, self.meta_size, "meta")
         return rows
@@ -388,6 +391,31 @@ def _int_arg(value: object, name: str, low: int, high: int) -> int:
     if not low <= number <= high:
         raise ValueError(f"{name} must lie in [{low}, {high}], got {number}")
     return number
+
+
+def _halves_of(data: Any, meta: Any, levels: int, size: int, meta_size: int) -> Bytes | None:
+    """The array whose column halves ``data`` and ``meta`` are, if they are exactly that."""
+    base: object = getattr(data, "base", None)
+    if not isinstance(base, np.ndarray):
+        return None
+    if id(getattr(meta, "base", None)) != id(base):
+        return None
+    if (
+        base.dtype != np.uint8
+        or base.shape != (levels, size + meta_size)
+        or not base.flags.c_contiguous
+        or data.shape != (levels, size)
+        or meta.shape != (levels, meta_size)
+        or data.strides != base.strides
+        or meta.strides != base.strides
+    ):
+        return None
+    start = base.__array_interface__["data"][0]
+    if data.__array_interface__["data"][0] != start:
+        return None
+    if meta.__array_interface__["data"][0] != start + size:
+        return None
+    return base
 
 
 def _check_out(out: object, rows: int, cols: int) -> None:

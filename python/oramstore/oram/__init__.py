@@ -1,0 +1,14 @@
+"""Oblivious RAM: Path ORAM with a bounded stash and array or recursive position maps."""
+
+from __future__ import annotations
+
+from oramstore.oram.path import DEFAULT_STASH_SIZE, PathORAM
+from oramstore.oram.position import ArrayPositionMap, PositionMap, RecursivePositionMap
+
+__all__ = [
+    "DEFAULT_STASH_SIZE",
+    "ArrayPositionMap",
+    "PathORAM",
+    "PositionMap",
+    "RecursivePositionMap",
+]

@@ -1,0 +1,97 @@
+"""Position maps: which leaf each block of a tree ORAM currently lives under.
+
+Entries are stored as ``leaf + 1`` in unsigned 32-bit words, so that zero (what fresh memory and
+never-written ORAM blocks read as) means "no leaf assigned yet", and a map is created without a
+pass over it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from oramstore.oram.path import PathORAM
+
+__all__ = [
+    "UNASSIGNED",
+    "ArrayPositionMap",
+    "PositionMap",
+    "RecursivePositionMap",
+]
+
+UNASSIGNED = -1
+"""The leaf of a block that has none yet."""
+
+ENTRY_BYTES = 4
+MAX_LEAVES = (1 << 32) - 1
+
+
+class PositionMap(Protocol):
+    """What a tree ORAM asks of its position map."""
+
+    def swap(self, index: int, leaf: int) -> int:
+        """Set block ``index``'s leaf (or :data:`UNASSIGNED`) and return the previous one."""
+        ...
+
+    def close(self) -> None:
+        """Release what the map holds."""
+        ...
+
+    @property
+    def trusted_bytes(self) -> int:
+        """Bytes of trusted memory the map occupies."""
+        ...
+
+
+class ArrayPositionMap:
+    """A plain array in trusted memory: 4 bytes per block."""
+
+    def __init__(self, count: int) -> None:
+        self._entries = np.zeros(count, np.uint32)
+
+    def swap(self, index: int, leaf: int) -> int:
+        entries = self._entries
+        old = int(entries[index]) - 1
+        entries[index] = leaf + 1
+        return old
+
+    def close(self) -> None:
+        self._entries = np.zeros(0, np.uint32)
+
+    @property
+    def trusted_bytes(self) -> int:
+        return int(self._entries.nbytes)
+
+
+class RecursivePositionMap:
+    """Positions packed ``per_block`` to a block of a smaller :class:`PathORAM`.
+
+    Each lookup is one access of the inner ORAM (plus the accesses of its own position map), so
+    it reveals nothing about which entry was read.
+    """
+
+    def __init__(self, inner: PathORAM, per_block: int) -> None:
+        if inner.block_size != per_block * ENTRY_BYTES:
+            raise ValueError("inner ORAM blocks must hold exactly per_block entries")
+        self.inner = inner
+        self.per_block = per_block
+
+    def swap(self, index: int, leaf: int) -> int:
+        block, offset = divmod(index, self.per_block)
+
+        def update(data: np.ndarray) -> int:
+            entries = data.view(np.uint32)
+            old = int(entries[offset]) - 1
+            entries[offset] = leaf + 1
+            return old
+
+        return self.inner._access(block, update, write=True)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def trusted_bytes(self) -> int:
+        return self.inner.trusted_bytes

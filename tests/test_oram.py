@@ -1,0 +1,191 @@
+"""PathORAM: the user-facing behaviour, arguments and position maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from oramstore import IntegrityError, PathORAM, StorageReleasedError
+from oramstore.oram import ArrayPositionMap, RecursivePositionMap
+from oramstore.oram.path import _subkey
+
+
+def test_never_written_blocks_read_as_zeros() -> None:
+    with PathORAM(100, 32) as oram:
+        assert oram.read(0) == bytes(32)
+        assert oram.read(99) == bytes(32)
+        assert oram.stash_len == 0  # reading creates nothing
+
+
+def test_reads_return_the_last_write() -> None:
+    rng = np.random.default_rng(0)
+    with PathORAM(64, 48, treetop_bytes=0) as oram:
+        model: dict[int, bytes] = {}
+        for _ in range(2000):
+            i = int(rng.integers(64))
+            if rng.random() < 0.5:
+                block = rng.integers(0, 256, 48, np.uint8).tobytes()
+                oram.write(i, block)
+                model[i] = block
+            else:
+                assert oram.read(i) == model.get(i, bytes(48))
+
+
+def test_shape_follows_block_count_over_bucket_size() -> None:
+    with PathORAM(1 << 12, 64, bucket_size=4) as oram:
+        tree = oram.tree
+        assert tree.leaf_count == (1 << 12) // 4
+        assert tree.bucket_size == 4 * 64
+        slots = tree.bucket_count * 4
+        assert 2 * (1 << 12) - 4 <= slots <= 2 * (1 << 12)  # about twice the user's blocks
+        assert len(oram) == 1 << 12
+        assert oram.block_size == 64 and oram.bucket_size == 4
+    with PathORAM(1, 8) as tiny:
+        assert tiny.tree.height == 0
+        tiny.write(0, b"12345678")
+        assert tiny.read(0) == b"12345678"
+
+
+def test_creation_touches_no_untrusted_memory() -> None:
+    with PathORAM(1 << 16, 4096) as oram:
+        assert oram.tree.untrusted is not None
+        assert oram.tree.untrusted.resident_bytes() == 0
+        oram.write(5, bytes(4096))
+        assert oram.tree.untrusted.resident_bytes() > 0
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [bytes, bytearray, memoryview, lambda b: np.frombuffer(b, np.uint8).copy()],
+    ids=["bytes", "bytearray", "memoryview", "numpy"],
+)
+def test_write_accepts_bytes_like_blocks(wrap: object) -> None:
+    with PathORAM(8, 16) as oram:
+        oram.write(3, wrap(b"0123456789abcdef"))  # type: ignore[operator]
+        assert oram.read(3) == b"0123456789abcdef"
+
+
+def test_batches() -> None:
+    with PathORAM(32, 8) as oram:
+        blocks = np.arange(5 * 8, dtype=np.uint8).reshape(5, 8)
+        oram.write_many([4, 1, 30, 2, 9], blocks)
+        got = oram.read_many([30, 4, 7])
+        assert got.shape == (3, 8) and got.dtype == np.uint8
+        np.testing.assert_array_equal(got[0], blocks[2])
+        np.testing.assert_array_equal(got[1], blocks[0])
+        assert not got[2].any()
+        oram.write_many(range(2), [b"a" * 8, bytearray(b"b" * 8)])
+        assert oram.read(1) == b"b" * 8
+        assert oram.read_many([]).shape == (0, 8)
+
+
+def test_write_many_checks_everything_before_writing() -> None:
+    with PathORAM(32, 8) as oram:
+        with pytest.raises(ValueError, match="8 bytes"):
+            oram.write_many([1, 2], [b"x" * 8, b"y" * 7])
+        with pytest.raises(IndexError):
+            oram.write_many([1, 32], [b"x" * 8, b"y" * 8])
+        with pytest.raises(ValueError, match="2 indices but 1 blocks"):
+            oram.write_many([1, 2], [b"x" * 8])
+        assert oram.read(1) == bytes(8)
+        assert oram.access_count == 1
+
+
+def test_bad_arguments() -> None:
+    with PathORAM(10, 8) as oram:
+        for index in (-1, 10, 1 << 80):
+            with pytest.raises(IndexError, match="out of range"):
+                oram.read(index)
+        with pytest.raises(TypeError, match="index must be an int"):
+            oram.read(1.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="must be 8 bytes, got 9"):
+            oram.write(1, b"123456789")
+        with pytest.raises(ValueError, match="must be 8 bytes, got 7"):
+            oram.write(1, b"1234567")
+        with pytest.raises(TypeError, match="bytes-like"):
+            oram.write(1, "12345678")
+        with pytest.raises(ValueError, match="contiguous"):
+            oram.write(1, np.zeros(16, np.uint8)[::2])
+        assert oram.access_count == 0  # nothing bad got as far as an access
+    for kwargs, exc in [
+        ({"block_count": 0, "block_size": 8}, ValueError),
+        ({"block_count": 8, "block_size": 0}, ValueError),
+        ({"block_count": 8, "block_size": 8, "bucket_size": 0}, ValueError),
+        ({"block_count": 8, "block_size": 8, "stash_size": -1}, ValueError),
+        ({"block_count": 8.0, "block_size": 8}, TypeError),
+        ({"block_count": 8, "block_size": 8, "position_map": "tree"}, ValueError),
+        ({"block_count": 8, "block_size": 8, "key": b"short"}, ValueError),
+    ]:
+        with pytest.raises(exc):
+            PathORAM(**kwargs)  # type: ignore[arg-type]
+
+
+def test_use_after_close() -> None:
+    oram = PathORAM(10, 8)
+    oram.close()
+    oram.close()
+    with pytest.raises(StorageReleasedError):
+        oram.read(1)
+    with pytest.raises(ValueError, match="closed"):
+        oram.write(1, bytes(8))
+
+
+def test_tampering_surfaces_as_integrity_error() -> None:
+    with PathORAM(64, 16, treetop_bytes=0) as oram:
+        for i in range(64):
+            oram.write(i, bytes([i]) * 16)
+        untrusted = oram.tree.untrusted
+        assert untrusted is not None
+        data, meta = untrusted.checkout(range(untrusted.count))
+        data[:, :] ^= 1
+        untrusted.checkin(range(untrusted.count), data, meta)
+        with pytest.raises(IntegrityError):
+            oram.read(3)
+
+
+def test_position_map_choice() -> None:
+    with PathORAM(1000, 8) as oram:
+        assert isinstance(oram.position_map, ArrayPositionMap)
+    with PathORAM(1000, 8, position_map_threshold=100) as oram:
+        assert isinstance(oram.position_map, RecursivePositionMap)
+    with PathORAM(1000, 8, position_map="recursive") as oram:
+        assert isinstance(oram.position_map, RecursivePositionMap)
+    with PathORAM(1000, 8, position_map="array", position_map_threshold=10) as oram:
+        assert isinstance(oram.position_map, ArrayPositionMap)
+
+
+def test_recursive_position_maps_nest_and_agree_with_a_model() -> None:
+    rng = np.random.default_rng(1)
+    # 5000 blocks -> 20 position blocks -> array (threshold 16 would recurse once more).
+    with PathORAM(5000, 8, position_map="recursive", position_map_threshold=16) as oram:
+        inner = oram.position_map
+        assert isinstance(inner, RecursivePositionMap)
+        assert isinstance(inner.inner.position_map, RecursivePositionMap)
+        model: dict[int, bytes] = {}
+        for _ in range(600):
+            i = int(rng.integers(5000))
+            if rng.random() < 0.6:
+                block = rng.integers(0, 256, 8, np.uint8).tobytes()
+                oram.write(i, block)
+                model[i] = block
+            else:
+                assert oram.read(i) == model.get(i, bytes(8))
+        for i, block in model.items():
+            assert oram.read(i) == block
+        assert inner.inner.access_count == oram.access_count  # one lookup per access
+
+
+def test_every_tree_gets_its_own_key() -> None:
+    key = bytes(range(32))
+    assert _subkey(key, "oramstore/data") != _subkey(key, "oramstore/data/positions")
+    assert _subkey(None, "x") is None
+    # Two ORAMs with the same key and the same writes seal identically: the key given is used.
+    a = PathORAM(4, 8, key=key, treetop_bytes=0)
+    b = PathORAM(4, 8, key=key, treetop_bytes=0)
+    assert a.tree.untrusted is not None and b.tree.untrusted is not None
+    assert a.tree.untrusted.count == b.tree.untrusted.count
+
+
+def test_trusted_bytes_are_accounted() -> None:
+    with PathORAM(1 << 10, 64, treetop_bytes=0) as oram:
+        assert oram.trusted_bytes >= (1 << 10) * 4  # at least the position map
