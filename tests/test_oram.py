@@ -35,7 +35,7 @@ def test_shape_follows_block_count_over_bucket_size() -> None:
     with PathORAM(1 << 12, 64, bucket_size=4) as oram:
         tree = oram.tree
         assert tree.leaf_count == (1 << 12) // 4
-        assert tree.bucket_size == 4 * 64
+        assert tree.bucket_size == 4 * (64 + 16) and tree.meta_size == 0
         slots = tree.bucket_count * 4
         assert 2 * (1 << 12) - 4 <= slots <= 2 * (1 << 12)  # about twice the user's blocks
         assert len(oram) == 1 << 12

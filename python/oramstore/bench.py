@@ -8,23 +8,32 @@ from __future__ import annotations
 
 import itertools
 import os
+import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from oramstore._native import UntrustedStorage
 
+if TYPE_CHECKING:
+    from oramstore.oram import PathORAM
+
 __all__ = [
+    "ORAMRun",
     "StorageRow",
     "creation_cost",
     "fill_storage",
     "median_seconds",
+    "oram_untrusted_resident",
+    "peak_rss_bytes",
     "process_rss_bytes",
     "random_batches",
+    "run_oram",
     "storage_rows",
 ]
 
@@ -54,6 +63,11 @@ def process_rss_bytes() -> int:
     """Resident set size of this process, from /proc."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """The most resident memory this process has held so far (``ru_maxrss``)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def random_batches(
@@ -187,3 +201,107 @@ def creation_cost(
         resident = max(resident, s.resident_bytes())
         s.release()
     return statistics.median(seconds), resident
+
+
+@dataclass(frozen=True)
+class ORAMRun:
+    """One ORAM workload: setup, throughput and memory."""
+
+    block_count: int
+    block_size: int
+    setup_seconds: float
+    accesses: int
+    access_seconds: float
+    baseline_rss: int  # before the ORAM was created
+    peak_rss: int  # the process's peak after the run
+    untrusted_resident: int  # untrusted bytes touched (mincore over every tree)
+    trusted_bytes: int  # treetops, stash, position map and buffers
+    stash_peak: int
+    stash_size: int
+
+    @property
+    def accesses_per_second(self) -> float:
+        return self.accesses / self.access_seconds
+
+    @property
+    def memory_growth(self) -> int:
+        """Peak resident memory the ORAM added to the process."""
+        return self.peak_rss - self.baseline_rss
+
+    def memory_ratio(self) -> float:
+        """Memory growth over what the ORAM needs: untrusted bytes touched + trusted bytes."""
+        return self.memory_growth / (self.untrusted_resident + self.trusted_bytes)
+
+
+def oram_untrusted_resident(oram: PathORAM) -> int:
+    """Resident bytes of the untrusted storages of ``oram`` and of its position-map ORAMs."""
+    from oramstore.oram import RecursivePositionMap
+
+    total = 0
+    while True:
+        if oram.tree.untrusted is not None:
+            total += oram.tree.untrusted.resident_bytes()
+        positions = oram.position_map
+        if not isinstance(positions, RecursivePositionMap):
+            return total
+        oram = positions.inner
+
+
+def run_oram(
+    block_count: int,
+    block_size: int,
+    *,
+    accesses: int,
+    seconds: float = float("inf"),
+    seed: int = 1,
+    progress: Callable[[int], None] | None = None,
+    **options: Any,
+) -> ORAMRun:
+    """Create a :class:`~oramstore.PathORAM` and run random accesses on it, half reads and half
+    writes of uniformly random blocks, until ``accesses`` are done or ``seconds`` have passed.
+
+    ``progress`` is called with the number of accesses done since its last call. ``options``
+    go to :class:`~oramstore.PathORAM`.
+    """
+    from oramstore.oram import PathORAM
+
+    rng = np.random.default_rng(seed)
+    baseline = process_rss_bytes()
+    start = time.perf_counter()
+    oram = PathORAM(block_count, block_size, **options)
+    setup = time.perf_counter() - start
+    with oram:
+        indices = rng.integers(0, block_count, accesses).tolist()
+        writes = (rng.random(accesses) < 0.5).tolist()
+        pool = [rng.integers(0, 256, block_size, np.uint8).tobytes() for _ in range(64)]
+        done = 0
+        step = max(1, min(1000, accesses // 100))
+        start = time.perf_counter()
+        deadline = start + seconds
+        for k in range(accesses):
+            if writes[k]:
+                oram.write(indices[k], pool[k & 63])
+            else:
+                oram.read(indices[k])
+            done += 1
+            if done % step == 0:
+                if progress is not None:
+                    progress(step)
+                if time.perf_counter() > deadline:
+                    break
+        elapsed = time.perf_counter() - start
+        if progress is not None and done % step:
+            progress(done % step)
+        return ORAMRun(
+            block_count,
+            block_size,
+            setup,
+            done,
+            elapsed,
+            baseline,
+            peak_rss_bytes(),
+            oram_untrusted_resident(oram),
+            oram.trusted_bytes,
+            oram.stash_peak,
+            oram.stash_size,
+        )

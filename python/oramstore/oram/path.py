@@ -134,10 +134,13 @@ class PathORAM:
         self._block_size = block_size
         self._z = z
         self._stash_size = stash_size
+        # A bucket is Z slots, each a block followed by its metadata, so that slot s of a
+        # branch is row s of one (levels * Z, block_size + 16) array and a block moves with its
+        # metadata in one copy. The tree's own metadata part is unused.
         self.tree = TreeStorage(
             height,
-            z * block_size,
-            z * _SLOT_META,
+            z * (block_size + _SLOT_META),
+            0,
             key=_subkey(key, f"oramstore/{_label}"),
             treetop_bytes=treetop_bytes,
         )
@@ -162,19 +165,24 @@ class PathORAM:
                 _label=f"{_label}/positions",
             )
             self._positions = RecursivePositionMap(inner, POSITIONS_PER_BLOCK)
-        # One branch, and the working set of an access: the stash in rows [0, stash_len), then
-        # the blocks read from the branch, then room for one new block.
         # The branch buffer: an access rearranges it in place, so blocks that keep their slot
         # are never copied.
         levels = height + 1
-        self._branch: Bytes = np.empty((levels, z * (block_size + _SLOT_META)), np.uint8)
-        # The stash in rows [0, stash_len); room past it for one full branch of blocks kept
-        # back by an access and for one new block.
-        rows = stash_size + levels * z + 1
-        self._stash: Bytes = np.empty((rows, block_size), np.uint8)
-        self._stash_ids = np.zeros(rows, np.int64)  # block index + 1
-        self._stash_leaves = np.zeros(rows, np.int64)
-        self._stash_len = 0
+        row = block_size + _SLOT_META
+        self._branch: Bytes = np.empty((levels, z * row), np.uint8)
+        self._slots: Bytes = self._branch.reshape(levels * z, row)
+        # Per slot: block index + 1 (0 = empty) and leaf.
+        self._heads: npt.NDArray[np.uint64] = self._slots[:, block_size:].view("<u8")
+        # The stash: block index + 1, leaf and row of self._stash_data for each block held, in
+        # plain lists (an access touches a handful of them, where numpy calls would cost more
+        # than the work). Rows are recycled through _free_rows; the last row is scratch space
+        # for a block that is not stored anywhere yet.
+        self._stash_ids: list[int] = []
+        self._stash_leaves: list[int] = []
+        self._stash_rows: list[int] = []
+        self._stash_data: Bytes = np.empty((stash_size + 1, row), np.uint8)
+        self._stash_heads: npt.NDArray[np.uint64] = self._stash_data[:, block_size:].view("<u8")
+        self._free_rows = list(range(stash_size - 1, -1, -1))
         self._stash_peak = 0
         self._accesses = 0
         self._lock = threading.RLock()
@@ -203,7 +211,7 @@ class PathORAM:
     @property
     def stash_len(self) -> int:
         """Real blocks in the stash now (between accesses)."""
-        return self._stash_len
+        return len(self._stash_ids)
 
     @property
     def stash_peak(self) -> int:
@@ -225,13 +233,13 @@ class PathORAM:
         """Trusted memory held: treetops, stash, position maps and working buffers."""
         tree = self.tree
         treetop = ((1 << tree.treetop_levels) - 1) * (tree.bucket_size + tree.meta_size)
-        own = treetop + self._stash.nbytes + self._branch.nbytes
+        own = treetop + self._stash_data.nbytes + self._branch.nbytes
         return own + self._positions.trusted_bytes
 
     def __repr__(self) -> str:
         return (
             f"PathORAM(block_count={self._block_count}, block_size={self._block_size}, "
-            f"bucket_size={self._z}, height={self._height}, stash={self._stash_len}/"
+            f"bucket_size={self._z}, height={self._height}, stash={self.stash_len}/"
             f"{self._stash_size}{', closed' if self._closed else ''})"
         )
 
@@ -293,7 +301,8 @@ class PathORAM:
             self._closed = True
             self.tree.close()
             self._positions.close()
-            self._stash = np.empty((0, self._block_size), np.uint8)
+            self._stash_data = np.empty((0, self._block_size), np.uint8)
+            self._stash_ids, self._stash_leaves, self._stash_rows = [], [], []
 
     def __enter__(self) -> Self:
         return self
@@ -327,42 +336,43 @@ class PathORAM:
     def _serve(
         self, index: int, leaf: int, new_leaf: int, update: Callable[[Bytes], R], write: bool
     ) -> R:
-        z, size, levels = self._z, self._block_size, self._height + 1
+        size = self._block_size
         data, meta = self.tree.checkout_branch_into(leaf, self._branch)
-        slots = data.reshape(levels, z, size)
-        # (level, slot, [index + 1, leaf]): splitting the contiguous last axis keeps a view.
-        slot_meta = meta.view("<u8").reshape(levels, z, 2)
-        path_ids = slot_meta[:, :, 0].ravel().astype(np.int64)
-        real = np.flatnonzero(path_ids)  # occupied slots, as level * Z + k
 
-        # Candidates: the stash's blocks, then the branch's, then possibly a new block.
-        stash = self._stash_len
-        on_path = len(real)
-        ids = np.concatenate((self._stash_ids[:stash], path_ids[real]))
-        leaves = np.concatenate(
-            (self._stash_leaves[:stash], slot_meta[:, :, 1].ravel()[real].astype(np.int64))
-        )
-        spare = len(self._stash) - 1
-        found = np.flatnonzero(ids == index + 1)
-        if len(found):
-            target = int(found[0])
-            if target < stash:
-                block = self._stash[target]
-            else:
-                slot = int(real[target - stash])
-                block = slots[slot // z, slot % z]
-        else:
-            target = len(ids)
-            block = self._stash[spare]
+        # The candidates for the new branch: the stash's blocks, then the branch's. `origin`
+        # is -1 for a stash block, else the slot (level * Z + k) the block occupies.
+        ids = list(self._stash_ids)
+        leaves = list(self._stash_leaves)
+        origin = [-1] * len(ids)
+        stashed = len(ids)
+        occupied = np.flatnonzero(self._heads[:, 0])
+        found = self._heads[occupied].T.tolist()
+        if found:
+            ids += found[0]
+            leaves += found[1]
+            origin += occupied.tolist()
+        scratch = self._stash_data[-1, :size]
+        try:
+            target = ids.index(index + 1)
+        except ValueError:
+            target = -1
+        if target < 0:
+            block = scratch
             block[:] = 0
-            if write:
-                ids = np.append(ids, index + 1)
-                leaves = np.append(leaves, new_leaf)
-        if target < len(ids):
+            if write:  # a new block, born in the scratch row
+                target = len(ids)
+                ids.append(index + 1)
+                leaves.append(new_leaf)
+                origin.append(-2)
+        elif target < stashed:
+            block = self._stash_data[self._stash_rows[target], :size]
+        else:
+            block = self._slots[origin[target], :size]
+        if target >= 0:
             leaves[target] = new_leaf
 
-        level_of = self._evict(leaves, leaf)  # -1: stays in the stash
-        kept = np.flatnonzero(level_of < 0)
+        level_of = self._evict(leaves, origin, leaf)
+        kept = [c for c, level in enumerate(level_of) if level < 0]
         if len(kept) > self._stash_size:
             # Undo: the branch goes back as it came and the stash keeps what it had.
             self.tree.checkin_branch(leaf, data, meta)
@@ -371,101 +381,127 @@ class PathORAM:
                 f"{self._stash_size}; the access was undone"
             )
         result = update(block)
-
-        # Blocks placed on the level they already occupy keep their slot; the others move.
-        n = len(ids)
-        origin = np.full(n, -1, np.int64)
-        origin[stash : stash + on_path] = real
-        placed = level_of >= 0
-        stays = placed & (origin >= 0) & (origin // z == level_of)
-        movers = np.flatnonzero(placed & ~stays)
-        occupied = np.zeros(levels * z, bool)
-        occupied[origin[stays]] = True
-        free = np.flatnonzero(~occupied)  # ascending, so grouped by level
-        mover_levels = level_of[movers]
-        by_level = np.argsort(mover_levels, kind="stable")
-        movers, mover_levels = movers[by_level], mover_levels[by_level]
-        first_of_level = np.searchsorted(mover_levels, mover_levels, side="left")
-        rank = np.arange(len(movers)) - first_of_level
-        dest = free[np.searchsorted(free // z, mover_levels, side="left") + rank]
-
-        # Read every mover (and every branch block bound for the stash) before any slot is
-        # overwritten.
-        moving = self._blocks_of(movers, stash, on_path, real, slots, spare)
-        kept_path = kept[(kept >= stash) & (kept < stash + on_path)]
-        leaving = slots[real[kept_path - stash] // z, real[kept_path - stash] % z]
-
-        # The new branch. Empty slots hold zeros, so only slots that lost their block and got
-        # no other need clearing.
-        slots[dest // z, dest % z] = moving
-        occupied[dest] = True
-        emptied = real[~occupied[real]]
-        slots[emptied // z, emptied % z] = 0
-        new_meta = np.zeros((levels * z, 2), np.uint64)
-        new_meta[origin[stays], 0] = ids[stays]
-        new_meta[origin[stays], 1] = leaves[stays]
-        new_meta[dest, 0] = ids[movers]
-        new_meta[dest, 1] = leaves[movers]
-        slot_meta[:] = new_meta.reshape(levels, z, 2)
+        self._rearrange(ids, leaves, origin, level_of, kept, stashed, target)
         self.tree.checkin_branch(leaf, data, meta)
-
-        # The new stash: kept stash blocks to the front, then kept branch blocks, then the new
-        # block if it found no slot.
-        kept_stash = kept[kept < stash]
-        k1, k2 = len(kept_stash), len(kept_path)
-        count = len(kept)
-        self._stash[:k1] = self._stash[kept_stash]
-        self._stash[k1 : k1 + k2] = leaving
-        if count > k1 + k2:
-            self._stash[count - 1] = self._stash[spare]
-        self._stash_ids[:count] = ids[kept]
-        self._stash_leaves[:count] = leaves[kept]
-        self._stash_len = count
-        self._stash_peak = max(self._stash_peak, count)
+        self._stash_peak = max(self._stash_peak, len(self._stash_ids))
         self._accesses += 1
         return result
 
-    def _blocks_of(
-        self,
-        candidates: npt.NDArray[np.int64],
-        stash: int,
-        on_path: int,
-        real: npt.NDArray[np.int64],
-        slots: Bytes,
-        spare: int,
-    ) -> Bytes:
-        """Copies of the candidates' blocks, wherever they sit now."""
-        z = self._z
-        out: Bytes = np.empty((len(candidates), self._block_size), np.uint8)
-        in_stash = candidates < stash
-        out[in_stash] = self._stash[candidates[in_stash]]
-        in_path = (candidates >= stash) & (candidates < stash + on_path)
-        src = real[candidates[in_path] - stash]
-        out[in_path] = slots[src // z, src % z]
-        new = candidates >= stash + on_path
-        if new.any():
-            out[new] = self._stash[spare]
-        return out
+    def _evict(self, leaves: list[int], origin: list[int], leaf: int) -> list[int]:
+        """Greedy eviction onto the branch to ``leaf``, level by level from the bottom: a block
+        may sit at any level down to where its own branch leaves this one, and each level
+        takes up to Z of the blocks that may sit there and are not placed yet. Which ones it
+        takes does not change how many are placed (those left may all sit higher up), so a
+        level prefers blocks already in one of its slots: they need no copy.
 
-    def _evict(self, leaves: npt.NDArray[np.int64], leaf: int) -> npt.NDArray[np.int64]:
-        """Greedy eviction onto the branch to ``leaf``: level by level from the bottom, each
-        level takes up to Z of the deepest-reaching candidates left, where a block can sit as
-        deep as its own leaf shares the branch. Returns each candidate's level, or -1 for those
-        that stay in the stash."""
+        Returns each candidate's level, or -1 for those that stay in the stash.
+        """
         height, z = self._height, self._z
-        # The deepest level a block may sit at is height - bit_length(its leaf XOR leaf).
-        depth = height - np.frexp((leaves ^ leaf).astype(np.float64))[1]
-        order = np.argsort(-depth, kind="stable")
-        # reach[d]: how many candidates can sit at level d or deeper.
-        reach = np.searchsorted(-depth[order], -np.arange(height + 1), side="right").tolist()
-        level_of = np.full(len(leaves), -1, np.int64)
-        taken = 0
+        by_depth: list[list[int]] = [[] for _ in range(height + 1)]
+        for c, block_leaf in enumerate(leaves):
+            by_depth[height - (block_leaf ^ leaf).bit_length()].append(c)
+        level_of = [-1] * len(leaves)
+        waiting: list[int] = []
         for level in range(height, -1, -1):
-            take = min(z, reach[level] - taken)
-            if take > 0:
-                level_of[order[taken : taken + take]] = level
-                taken += take
+            waiting.extend(by_depth[level])
+            if not waiting:
+                continue
+            if len(waiting) <= z:
+                for c in waiting:
+                    level_of[c] = level
+                waiting.clear()
+                continue
+            low, high = level * z, level * z + z
+            here = [c for c in waiting if low <= origin[c] < high]
+            chosen = here + [c for c in waiting if not low <= origin[c] < high][: z - len(here)]
+            for c in chosen:
+                level_of[c] = level
+            waiting = [c for c in waiting if level_of[c] < 0]
         return level_of
+
+    def _rearrange(
+        self,
+        ids: list[int],
+        leaves: list[int],
+        origin: list[int],
+        level_of: list[int],
+        kept: list[int],
+        stashed: int,
+        target: int,
+    ) -> None:
+        """Move the blocks as :meth:`_evict` placed them: within the branch buffer and between
+        it and the stash. A block's row carries its metadata (index + 1, leaf) wherever it is,
+        in the stash too, so a move is one row copy; only the accessed block's leaf changes.
+        Every block that moves is read before any is written."""
+        z, slots, stash = self._z, self._slots, self._stash_data
+        stash_rows = self._stash_rows
+        scratch = len(stash) - 1
+        # Blocks placed on the level they already occupy keep their slot; the others take the
+        # free slots of their level.
+        taken = [False] * len(slots)
+        for c, level in enumerate(level_of):
+            o = origin[c]
+            if o >= 0 and o // z == level:
+                taken[o] = True
+        path_from, path_to, rows_from, rows_to = [], [], [], []
+        target_at = -1
+        for c, level in enumerate(level_of):
+            if level < 0:
+                continue
+            o = origin[c]
+            if o >= 0 and o // z == level:
+                dest = o
+            else:
+                dest = level * z
+                while taken[dest]:
+                    dest += 1
+                taken[dest] = True
+                if o >= 0:
+                    path_from.append(o)
+                    path_to.append(dest)
+                else:
+                    rows_from.append(stash_rows[c] if o == -1 else scratch)
+                    rows_to.append(dest)
+            if c == target:
+                target_at = dest
+        leaving = [origin[c] for c in kept if origin[c] >= 0]
+        # Read everything that moves, then write.
+        from_path = slots[path_from]
+        from_stash = stash[rows_from]
+        departures = slots[leaving]
+        slots[path_to] = from_path
+        slots[rows_to] = from_stash
+        # Slots that lost their block and gained none are marked empty; the bytes left in them
+        # are sealed with the bucket and overwritten when a block next lands there.
+        self._heads[[o for o in origin if o >= 0 and not taken[o]]] = 0
+        if target_at >= 0:
+            self._heads[target_at] = (ids[target], leaves[target])
+
+        # The new stash, in candidate order; rows of blocks that left it are recycled.
+        free_rows = self._free_rows
+        free_rows.extend(stash_rows[c] for c in range(stashed) if level_of[c] >= 0)
+        rows = []
+        arrived = []
+        target_row = -1
+        for c in kept:
+            o = origin[c]
+            if o == -1:
+                row = stash_rows[c]
+            else:
+                row = free_rows.pop()
+                if o == -2:
+                    stash[row] = stash[scratch]
+                else:
+                    arrived.append(row)
+            rows.append(row)
+            if c == target:
+                target_row = row
+        stash[arrived] = departures
+        if target_row >= 0:
+            self._stash_heads[target_row] = (ids[target], leaves[target])
+        self._stash_ids = [ids[c] for c in kept]
+        self._stash_leaves = [leaves[c] for c in kept]
+        self._stash_rows = rows
 
     # --- arguments ------------------------------------------------------------------------
 
