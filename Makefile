@@ -8,7 +8,7 @@ CARGO ?= cargo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: all setup build test lint lint-rust lint-python test-rust test-python soak bench \
-        bench-rust bench-python clean
+        bench-rust bench-python bench-oram bench-stash clean
 
 all: test
 
@@ -48,7 +48,7 @@ test-python: build
 soak: build
 	$(PY) -m pytest -m soak -q
 
-bench: bench-rust bench-python
+bench: bench-rust bench-python bench-oram
 
 bench-rust:
 	$(CARGO) bench --bench storage
@@ -57,5 +57,18 @@ bench-python: build
 	$(PY) benches/bench_storage.py
 	$(PY) benches/bench_tree.py
 
+# PyORAM 0.2.1, the pure-Python peer, in a venv of its own so that it never meets the tests.
+PYORAM_VENV ?= .venv-pyoram
+$(PYORAM_VENV)/.setup:
+	$(PYTHON) -m venv $(PYORAM_VENV)
+	$(PYORAM_VENV)/bin/python -m pip install --quiet pyoram==0.2.1
+	touch $@
+
+bench-oram: build $(PYORAM_VENV)/.setup
+	$(PY) benches/bench_oram.py --pyoram-python $(PYORAM_VENV)/bin/python
+
+bench-stash: build
+	$(PY) benches/bench_stash_tail.py
+
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) $(PYORAM_VENV) target

@@ -271,27 +271,24 @@ def run_oram(
     oram = PathORAM(block_count, block_size, **options)
     setup = time.perf_counter() - start
     with oram:
-        indices = rng.integers(0, block_count, accesses).tolist()
-        writes = (rng.random(accesses) < 0.5).tolist()
         pool = [rng.integers(0, 256, block_size, np.uint8).tobytes() for _ in range(64)]
         done = 0
-        step = max(1, min(1000, accesses // 100))
+        chunk = max(1, min(1000, accesses // 100))
         start = time.perf_counter()
         deadline = start + seconds
-        for k in range(accesses):
-            if writes[k]:
-                oram.write(indices[k], pool[k & 63])
-            else:
-                oram.read(indices[k])
-            done += 1
-            if done % step == 0:
-                if progress is not None:
-                    progress(step)
-                if time.perf_counter() > deadline:
-                    break
+        while done < accesses and time.perf_counter() < deadline:
+            step = min(chunk, accesses - done)
+            indices = rng.integers(0, block_count, step).tolist()
+            writes = (rng.random(step) < 0.5).tolist()
+            for k in range(step):
+                if writes[k]:
+                    oram.write(indices[k], pool[k & 63])
+                else:
+                    oram.read(indices[k])
+            done += step
+            if progress is not None:
+                progress(step)
         elapsed = time.perf_counter() - start
-        if progress is not None and done % step:
-            progress(done % step)
         return ORAMRun(
             block_count,
             block_size,

@@ -371,7 +371,7 @@ class TreeStorage:
         return record
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Pending:
     """A checked-out branch awaiting its checkin."""
 
