@@ -66,8 +66,7 @@ def main() -> int:
     per_access = (-80 - intercept) / slope
     lifetime = (-80 - 32 - intercept) / slope
     print(
-        f"fitted log2 P(stash > R) = {intercept:.2f} {slope:+.3f} R over R in "
-        f"[{rs[0]}, {rs[-1]}]"
+        f"fitted log2 P(stash > R) = {intercept:.2f} {slope:+.3f} R over R in [{rs[0]}, {rs[-1]}]"
     )
     print(f"stash for 2^-80 per access:           {math.ceil(per_access)}")
     print(f"stash for 2^-80 over 2^32 accesses:   {math.ceil(lifetime)}")
