@@ -143,6 +143,38 @@ def test_tampering_surfaces_as_integrity_error() -> None:
             oram.read(3)
 
 
+@pytest.mark.parametrize("position_map", ["array", "recursive"])
+def test_a_refused_access_changes_nothing(position_map: str) -> None:
+    # The host corrupts every bucket, accesses fail, the host puts the bytes back: the ORAM
+    # must carry on as if the failed accesses never happened.
+    with PathORAM(
+        600,
+        16,
+        treetop_bytes=0,
+        position_map=position_map,  # type: ignore[arg-type]
+        position_map_threshold=2,
+    ) as oram:
+        for i in range(600):
+            oram.write(i, i.to_bytes(2, "little") * 8)
+        untrusted = oram.tree.untrusted
+        assert untrusted is not None
+        everything = range(untrusted.count)
+        data, meta = untrusted.checkout(everything)
+        tampered = data.copy()
+        tampered[:, 0] ^= 0x80
+        untrusted.checkin(everything, tampered, meta)
+        stash, accesses = oram.stash_len, oram.access_count
+        for i in (3, 3, 599, 0):
+            with pytest.raises(IntegrityError):
+                oram.read(i)
+            with pytest.raises(IntegrityError):
+                oram.write(i, bytes(16))
+        assert (oram.stash_len, oram.access_count) == (stash, accesses)
+        untrusted.checkin(everything, data, meta)
+        for i in range(600):
+            assert oram.read(i) == i.to_bytes(2, "little") * 8
+
+
 def test_position_map_choice() -> None:
     with PathORAM(1000, 8) as oram:
         assert isinstance(oram.position_map, ArrayPositionMap)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from oramstore.enclave.tree import DEFAULT_TREETOP_BYTES, TreeStorage
-from oramstore.errors import StashOverflowError, StorageReleasedError
+from oramstore.errors import IntegrityError, StashOverflowError, StorageReleasedError
 from oramstore.oram.position import (
     ENTRY_BYTES,
     MAX_LEAVES,
@@ -335,7 +335,9 @@ class PathORAM:
             leaf = old_leaf if old_leaf != UNASSIGNED else self._leaves()
             try:
                 return self._serve(index, leaf, new_leaf, update, write)
-            except StashOverflowError:
+            except (StashOverflowError, IntegrityError):
+                # Both come before anything changed: the branch failed its checks, or would
+                # have overflowed the stash. The block keeps its leaf.
                 self._positions.swap(index, old_leaf)
                 raise
 
