@@ -125,6 +125,50 @@ def test_checkin_must_follow_a_checkout_of_the_same_leaf() -> None:
             ts.checkin_branch(3, d, m)  # the checkout was used up
 
 
+@pytest.mark.parametrize("treetop_bytes", [0, 3 * 40, 1 << 20])
+def test_in_place_access_agrees_with_branch_access(treetop_bytes: int) -> None:
+    rng = np.random.default_rng(5)
+    with TreeStorage(5, 32, 8, treetop_bytes=treetop_bytes) as tree:
+        rows, top = tree.rows, tree.treetop_levels
+        assert rows.shape == ((1 << top) - 1 + tree.levels - top, 40)
+        model = np.zeros((tree.bucket_count + 1, 40), np.uint8)  # row n: bucket n
+        for step in range(300):
+            leaf = int(rng.integers(tree.leaf_count))
+            nodes = tree.path(leaf)
+            new = rng.integers(0, 256, (tree.levels, 40), np.uint8)
+            if step % 2:
+                got = tree.checkout_lower(leaf)
+                assert got.tolist() == nodes.tolist()
+                current = np.concatenate(
+                    (rows[nodes[:top] - 1], rows[len(rows) - (tree.levels - top) :])
+                )
+                assert (current == model[nodes]).all()
+                rows[nodes[:top] - 1] = new[:top]
+                rows[len(rows) - (tree.levels - top) :] = new[top:]
+                tree.checkin_lower(leaf)
+            else:
+                data, meta = tree.checkout_branch(leaf)
+                assert (np.hstack((data, meta)) == model[nodes]).all()
+                tree.checkin_branch(leaf, new[:, :32], new[:, 32:])
+            model[nodes] = new
+
+
+def test_in_place_and_copying_checkouts_do_not_mix() -> None:
+    with TreeStorage(3, 16, 0, treetop_bytes=16) as tree:
+        tree.checkout_lower(2)
+        with pytest.raises(ValueError, match="must follow"):
+            tree.checkin_branch(2, bytes(4 * 16), b"")
+        with pytest.raises(ValueError, match="must follow"):
+            tree.checkin_lower(3)
+        tree.checkin_lower(2)
+        data, meta = tree.checkout_branch(5)
+        with pytest.raises(ValueError, match="must follow"):
+            tree.checkin_lower(5)
+        tree.checkin_branch(5, data, meta)
+        with pytest.raises(IndexError):
+            tree.checkout_lower(8)
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="height"):
         TreeStorage(-1, 32, 8)

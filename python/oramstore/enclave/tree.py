@@ -97,9 +97,12 @@ class TreeStorage:
         while top < levels and ((1 << (top + 1)) - 1) * plain <= treetop_bytes:
             top += 1
         self.treetop_levels = top
-        # Data and metadata side by side, as a branch is returned; zeroed lazily by calloc, so
-        # there is no pass over the treetop either.
-        self._top: Bytes = np.zeros(((1 << top) - 1, plain), np.uint8)
+        # Trusted rows, data and metadata side by side as a branch is returned: the treetop,
+        # then room for the untrusted levels of one branch (see :attr:`rows`). Zeroed lazily by
+        # calloc, so there is no pass over the treetop either.
+        self._rows: Bytes = np.zeros(((1 << top) - 1 + levels - top, plain), np.uint8)
+        self._top: Bytes = self._rows[: (1 << top) - 1]
+        self._lower: Bytes = self._rows[(1 << top) - 1 :]
         self._offset = 1 << top
         self.untrusted: UntrustedStorage | None = None
         if top < levels:
@@ -148,6 +151,18 @@ class TreeStorage:
         """Tree indices of the buckets on the branch to ``leaf``, root first."""
         leaf = self._check_leaf(leaf)
         return (self.leaf_count + leaf) >> self._shifts
+
+    @property
+    def rows(self) -> Bytes:
+        """Trusted working rows for in-place access, ``bucket_size + meta_size`` bytes each.
+
+        Row ``n - 1`` holds bucket ``n`` of the treetop, for ``n < untrusted_offset``: the
+        treetop itself, read and written in place. The last ``levels - treetop_levels`` rows
+        receive the untrusted levels of a branch from :meth:`checkout_lower` and are sealed
+        from there by :meth:`checkin_lower`. Between the two calls the caller may change the
+        branch's rows here, its treetop rows included, and nothing is copied.
+        """
+        return self._rows
 
     def __repr__(self) -> str:
         return (
@@ -203,6 +218,36 @@ class TreeStorage:
             self._pending = _Pending(int(leaf), nodes, out, data, meta, heads)
             return data, meta
 
+    def checkout_lower(self, leaf: int) -> npt.NDArray[np.int64]:
+        """Verify and decrypt the untrusted levels of the branch to ``leaf`` into the last rows
+        of :attr:`rows`, leaving its treetop buckets where they are.
+
+        Returns the branch's tree indices, root first. Raises as :meth:`checkout_branch`.
+        """
+        with self._lock:
+            self._check_open()
+            nodes = self.path(leaf)
+            heads = b""
+            if self.untrusted is not None:
+                below = nodes[self.treetop_levels :]
+                self.untrusted.checkout_into(below - self._offset, self._sealed, self._heads)
+                heads = bytes(self._heads)
+                self._open_branch(below.tolist(), self._sealed, heads, self._lower)
+            self._pending = _Pending(int(leaf), nodes, self._lower, None, None, heads, True)
+            return nodes
+
+    def checkin_lower(self, leaf: int) -> None:
+        """Seal the untrusted levels of the branch to ``leaf`` from the last rows of
+        :attr:`rows` and write them back. Must follow :meth:`checkout_lower` of that leaf."""
+        with self._lock:
+            self._check_open()
+            leaf = self._check_leaf(leaf)
+            pending = self._pending
+            if pending is None or pending.leaf != leaf or not pending.in_place:
+                raise ValueError(f"checkin_lower({leaf}) must follow checkout_lower({leaf})")
+            self._commit_lower(pending.nodes, pending.plain, pending.heads)
+            self._pending = None
+
     def checkin_branch(self, leaf: int, data: Any, meta: Any) -> None:
         """Write the branch to ``leaf`` back, re-encrypted under fresh nonces.
 
@@ -220,19 +265,15 @@ class TreeStorage:
             self._check_open()
             leaf = self._check_leaf(leaf)
             pending = self._pending
-            if pending is None or pending.leaf != leaf:
+            if pending is None or pending.leaf != leaf or pending.in_place:
                 raise ValueError(f"checkin_branch({leaf}) must follow checkout_branch({leaf})")
             nodes = pending.nodes
             plain = self._branch_rows(pending, data, meta)
             top = self.treetop_levels
-            root_record = b""
-            if self.untrusted is not None:
-                root_record = self._seal_branch(nodes[top:], plain[top:], pending.heads)
-            # The untrusted write succeeded; only now does the trusted state change.
+            self._commit_lower(nodes, plain[top:], pending.heads)
+            # The untrusted write succeeded; only now does the treetop change.
             if top:
                 self._top[nodes[:top] - 1] = plain[:top]
-            if root_record:
-                self._roots[nodes[top] - self._offset] = np.frombuffer(root_record, np.uint8)
             self._pending = None
 
     def close(self) -> None:
@@ -268,6 +309,14 @@ class TreeStorage:
         if not 0 <= index < self.leaf_count:
             raise IndexError(f"leaf {index} is out of range for a tree of {self.leaf_count} leaves")
         return index
+
+    def _commit_lower(self, nodes: npt.NDArray[np.int64], lower: Bytes, heads: bytes) -> None:
+        """Seal and write the untrusted levels of a branch, then record its new root."""
+        if self.untrusted is None:
+            return
+        top = self.treetop_levels
+        record = self._seal_branch(nodes[top:], lower, heads)
+        self._roots[nodes[top] - self._offset] = np.frombuffer(record, np.uint8)
 
     def _branch_rows(self, pending: _Pending, data: Any, meta: Any) -> Bytes:
         """The branch as ``(levels, bucket_size + meta_size)`` rows.
@@ -377,10 +426,11 @@ class _Pending:
 
     leaf: int
     nodes: npt.NDArray[np.int64]  # the branch, root first
-    plain: Bytes  # the rows handed to the caller
-    data: Bytes  # the two views of them the caller got
-    meta: Bytes
+    plain: Bytes  # the rows handed to the caller (the untrusted levels' rows, in place)
+    data: Bytes | None  # the two views of them the caller got (None in place)
+    meta: Bytes | None
     heads: bytes  # verified metadata items of the untrusted levels
+    in_place: bool = False  # checkout_lower: treetop untouched, lower levels in self._lower
 
 
 def _int_arg(value: object, name: str, low: int, high: int) -> int:

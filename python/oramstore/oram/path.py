@@ -171,14 +171,17 @@ class PathORAM:
                 _label=f"{_label}/positions",
             )
             self._positions = RecursivePositionMap(inner, POSITIONS_PER_BLOCK)
-        # The branch buffer: an access rearranges it in place, so blocks that keep their slot
-        # are never copied.
-        levels = height + 1
+        # Every slot of the treetop, and of the untrusted levels of the branch being accessed,
+        # is a row of the tree's trusted rows: a block followed by (index + 1, leaf), 0 when
+        # empty. An access rearranges the branch's rows in place, so a block that keeps its
+        # slot is never copied, and the treetop is never copied at all.
         row = block_size + _SLOT_META
-        self._branch: Bytes = np.empty((levels, z * row), np.uint8)
-        self._slots: Bytes = self._branch.reshape(levels * z, row)
-        # Per slot: block index + 1 (0 = empty) and leaf.
+        self._slots: Bytes = self.tree.rows.reshape(-1, row)
         self._heads: npt.NDArray[np.uint64] = self._slots[:, block_size:].view("<u8")
+        top = self.tree.treetop_levels
+        first_lower = ((1 << top) - 1) * z
+        self._lower_rows = list(range(first_lower, first_lower + (height + 1 - top) * z))
+        self._slot_range = np.arange(z, dtype=np.int64)
         # The stash: block index + 1, leaf and row of self._stash_data for each block held, in
         # plain lists (an access touches a handful of them, where numpy calls would cost more
         # than the work). Rows are recycled through _free_rows; the last row is scratch space
@@ -236,10 +239,8 @@ class PathORAM:
 
     @property
     def trusted_bytes(self) -> int:
-        """Trusted memory held: treetops, stash, position maps and working buffers."""
-        tree = self.tree
-        treetop = ((1 << tree.treetop_levels) - 1) * (tree.bucket_size + tree.meta_size)
-        own = treetop + self._stash_data.nbytes + self._branch.nbytes
+        """Trusted memory held: treetops and branch rows, stash, position maps."""
+        own = self.tree.rows.nbytes + self._stash_data.nbytes
         return own + self._positions.trusted_bytes
 
     def __repr__(self) -> str:
@@ -345,7 +346,14 @@ class PathORAM:
         self, index: int, leaf: int, new_leaf: int, update: Callable[[Bytes], R], write: bool
     ) -> R:
         size = self._block_size
-        data, meta = self.tree.checkout_branch_into(leaf, self._branch)
+        nodes = self.tree.checkout_lower(leaf)
+        # Row of self._slots for each slot (level * Z + k) of the branch.
+        top = self.tree.treetop_levels
+        prow = self._lower_rows
+        if top:
+            top_rows = (nodes[:top, None] - 1) * self._z + self._slot_range
+            prow = top_rows.ravel().tolist() + prow
+        heads = self._heads[prow]
 
         # The candidates for the new branch: the stash's blocks, then the branch's. `origin`
         # is -1 for a stash block, else the slot (level * Z + k) the block occupies.
@@ -353,8 +361,8 @@ class PathORAM:
         leaves = list(self._stash_leaves)
         origin = [-1] * len(ids)
         stashed = len(ids)
-        occupied = np.flatnonzero(self._heads[:, 0])
-        found = self._heads[occupied].T.tolist()
+        occupied = np.flatnonzero(heads[:, 0])
+        found = heads[occupied].T.tolist()
         if found:
             ids += found[0]
             leaves += found[1]
@@ -375,7 +383,7 @@ class PathORAM:
         elif target < stashed:
             block = self._stash_data[self._stash_rows[target], :size]
         else:
-            block = self._slots[origin[target], :size]
+            block = self._slots[prow[origin[target]], :size]
         if target >= 0:
             leaves[target] = new_leaf
 
@@ -383,14 +391,14 @@ class PathORAM:
         kept = [c for c, level in enumerate(level_of) if level < 0]
         if len(kept) > self._stash_size:
             # Undo: the branch goes back as it came and the stash keeps what it had.
-            self.tree.checkin_branch(leaf, data, meta)
+            self.tree.checkin_lower(leaf)
             raise StashOverflowError(
                 f"the stash would hold {len(kept)} blocks, more than its capacity of "
                 f"{self._stash_size}; the access was undone"
             )
         result = update(block)
-        self._rearrange(ids, leaves, origin, level_of, kept, stashed, target)
-        self.tree.checkin_branch(leaf, data, meta)
+        self._rearrange(prow, ids, leaves, origin, level_of, kept, stashed, target)
+        self.tree.checkin_lower(leaf)
         self._stash_peak = max(self._stash_peak, len(self._stash_ids))
         self._accesses += 1
         return result
@@ -429,6 +437,7 @@ class PathORAM:
 
     def _rearrange(
         self,
+        prow: list[int],
         ids: list[int],
         leaves: list[int],
         origin: list[int],
@@ -437,16 +446,17 @@ class PathORAM:
         stashed: int,
         target: int,
     ) -> None:
-        """Move the blocks as :meth:`_evict` placed them: within the branch buffer and between
-        it and the stash. A block's row carries its metadata (index + 1, leaf) wherever it is,
-        in the stash too, so a move is one row copy; only the accessed block's leaf changes.
-        Every block that moves is read before any is written."""
+        """Move the blocks as :meth:`_evict` placed them: within the branch (slot ``s`` is row
+        ``prow[s]`` of the trusted rows) and between it and the stash. A block's row carries its
+        metadata (index + 1, leaf) wherever it is, in the stash too, so a move is one row copy;
+        only the accessed block's leaf changes. Every block that moves is read before any is
+        written."""
         z, slots, stash = self._z, self._slots, self._stash_data
         stash_rows = self._stash_rows
         scratch = len(stash) - 1
         # Blocks placed on the level they already occupy keep their slot; the others take the
         # free slots of their level.
-        taken = [False] * len(slots)
+        taken = [False] * len(prow)
         for c, level in enumerate(level_of):
             o = origin[c]
             if o >= 0 and o // z == level:
@@ -474,16 +484,16 @@ class PathORAM:
                 target_at = dest
         leaving = [origin[c] for c in kept if origin[c] >= 0]
         # Read everything that moves, then write.
-        from_path = slots[path_from]
+        from_path = slots[[prow[s] for s in path_from]]
         from_stash = stash[rows_from]
-        departures = slots[leaving]
-        slots[path_to] = from_path
-        slots[rows_to] = from_stash
+        departures = slots[[prow[s] for s in leaving]]
+        slots[[prow[s] for s in path_to]] = from_path
+        slots[[prow[s] for s in rows_to]] = from_stash
         # Slots that lost their block and gained none are marked empty; the bytes left in them
         # are sealed with the bucket and overwritten when a block next lands there.
-        self._heads[[o for o in origin if o >= 0 and not taken[o]]] = 0
+        self._heads[[prow[o] for o in origin if o >= 0 and not taken[o]]] = 0
         if target_at >= 0:
-            self._heads[target_at] = (ids[target], leaves[target])
+            self._heads[prow[target_at]] = (ids[target], leaves[target])
 
         # The new stash, in candidate order; rows of blocks that left it are recycled.
         free_rows = self._free_rows
