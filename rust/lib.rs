@@ -1,9 +1,10 @@
 //! oramstore's native core: untrusted block storage, its C ABI, and the Python bindings.
 //!
-//! The modules `segment`, `storage` and `ocall` use no Python and are tested by `cargo test`
-//! alone; `py` wraps them for the `oramstore._native` extension module when the `python`
-//! feature is on.
+//! The modules `alloc`, `segment`, `storage` and `ocall` use no Python and are tested by
+//! `cargo test` alone; `py` wraps them for the `oramstore._native` extension module when the
+//! `python` feature is on.
 
+pub mod alloc;
 pub mod copy;
 pub mod ocall;
 pub mod segment;

@@ -1,0 +1,382 @@
+//! Per-thread caches of small blocks.
+//!
+//! Each thread keeps, for each allocator it has used, a stack of free blocks per small order
+//! (16 bytes to 4 KiB). The blocks were lent by the shared buddy structure in batches under the
+//! lock; handing one out and taking one back needs no lock: only the block's tag (see
+//! [`range`](super::range)) is updated with one atomic instruction, which is also what proves a
+//! freed address is live. A block freed on another thread goes to that thread's cache, so
+//! caches exchange blocks freely; when a stack grows past its capacity half of it goes back to
+//! the buddy structure in one locked batch.
+//!
+//! # Ranges that go away
+//!
+//! A cache also keeps the range table it last saw, with the allocator's epoch at the time. Every
+//! change to the set of ranges, and every refused removal, bumps the epoch; a cache that notices
+//! a new epoch takes the new table and drops the blocks of ranges that are gone (they were free,
+//! and their range no longer exists). Between a removal and that moment a cache may still pop a
+//! block of the removed range; publishing it then finds the range retired and the block is
+//! withdrawn instead of handed out, so nothing is ever served from a removed range.
+//!
+//! The counters that statistics need are written only by the owning thread, as plain atomic
+//! stores, and read by whoever asks for statistics.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use super::heap::{Counters, Graveyard, Heap};
+use super::range::{RangeTable, TaggedBlock};
+use super::{AllocError, Inner, MIN_ORDER};
+
+/// The largest order served from thread caches: 4 KiB.
+pub(crate) const SMALL_MAX_ORDER: u32 = 12;
+const CLASSES: usize = (SMALL_MAX_ORDER - MIN_ORDER + 1) as usize;
+/// How many bytes of one order a cache holds at most, within [`MIN_CAPACITY`, `MAX_CAPACITY`]
+/// blocks.
+const CLASS_BYTES: usize = 32 << 10;
+const MIN_CAPACITY: usize = 16;
+const MAX_CAPACITY: usize = 512;
+
+/// How many blocks of `order` a cache holds before it gives half back.
+fn capacity(order: u32) -> usize {
+    (CLASS_BYTES >> order).clamp(MIN_CAPACITY, MAX_CAPACITY)
+}
+
+/// How many blocks a refill fetches and a flush returns.
+fn batch(order: u32) -> usize {
+    capacity(order) / 2
+}
+
+/// Statistics of one thread cache, written only by its thread.
+///
+/// The struct is aligned to two cache lines so that the counters of two threads never share
+/// one and their updates do not slow each other down.
+#[repr(align(128))]
+#[derive(Default)]
+pub(crate) struct CacheCounters {
+    live_blocks: AtomicU64,
+    requested: AtomicU64,
+    rounded: AtomicU64,
+    cached_blocks: AtomicU64,
+    cached_bytes: AtomicU64,
+    hits: AtomicU64,
+    refills: AtomicU64,
+    flushes: AtomicU64,
+}
+
+/// Adds `delta` (wrapping) to a counter that only the calling thread writes. A load and a store
+/// are enough, and unlike a read-modify-write they cost no more than ordinary memory accesses.
+#[inline]
+fn bump(counter: &AtomicU64, delta: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(delta),
+        Ordering::Relaxed,
+    );
+}
+
+impl CacheCounters {
+    pub(crate) fn snapshot(&self) -> Counters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counters {
+            live_blocks: get(&self.live_blocks),
+            requested: get(&self.requested),
+            rounded: get(&self.rounded),
+            cached_blocks: get(&self.cached_blocks),
+            cached_bytes: get(&self.cached_bytes),
+            hits: get(&self.hits),
+            refills: get(&self.refills),
+            flushes: get(&self.flushes),
+        }
+    }
+
+    fn cached(&self, order: u32, blocks: u64) {
+        bump(&self.cached_blocks, blocks);
+        bump(&self.cached_bytes, blocks.wrapping_mul(1 << order));
+    }
+
+    fn uncached(&self, order: u32, blocks: u64) {
+        self.cached(order, blocks.wrapping_neg());
+    }
+}
+
+/// One thread's cache for one allocator.
+struct LocalCache {
+    alloc_id: u64,
+    owner: Weak<Inner>,
+    epoch: u64,
+    table: Arc<RangeTable>,
+    stacks: [Vec<usize>; CLASSES],
+    /// Blocks withdrawn because their range was being removed, with their order. They count as
+    /// cached until the removal is decided.
+    deferred: Vec<(usize, u32)>,
+    counters: Arc<CacheCounters>,
+}
+
+/// All caches of one thread. Dropped when the thread exits, which gives every block back.
+struct ThreadCaches(Vec<LocalCache>);
+
+impl Drop for ThreadCaches {
+    fn drop(&mut self) {
+        for mut cache in self.0.drain(..) {
+            if let Some(inner) = cache.owner.upgrade() {
+                cache.retire(&inner);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static CACHES: RefCell<ThreadCaches> = const { RefCell::new(ThreadCaches(Vec::new())) };
+}
+
+/// Runs `f` on this thread's cache for `inner`, creating it if needed.
+///
+/// Returns `None` when the cache cannot be used (the thread is exiting, or a cache operation is
+/// already running on this thread further up the stack); the caller then takes the locked path.
+#[inline]
+fn with_cache<R>(inner: &Arc<Inner>, create: bool, f: impl FnOnce(&mut LocalCache) -> R) -> Option<R> {
+    CACHES
+        .try_with(|caches| {
+            let mut caches = caches.try_borrow_mut().ok()?;
+            let list = &mut caches.0;
+            let pos = match list.iter().position(|c| c.alloc_id == inner.id) {
+                Some(pos) => pos,
+                None if create => {
+                    // Forget caches of allocators that no longer exist.
+                    list.retain(|c| c.owner.strong_count() > 0);
+                    list.push(LocalCache::register(inner));
+                    list.len() - 1
+                }
+                None => return None,
+            };
+            Some(f(&mut list[pos]))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Allocates a block of a small `order` from this thread's cache. `None`: use the locked path.
+#[inline]
+pub(crate) fn alloc(
+    inner: &Arc<Inner>,
+    order: u32,
+    request: usize,
+    owned: bool,
+) -> Option<Result<usize, AllocError>> {
+    with_cache(inner, true, |cache| cache.alloc(inner, order, request, owned))
+}
+
+/// Frees the block at `addr` through this thread's cache. `None`: the cache could not prove the
+/// address live; the locked path gives the authoritative answer.
+#[inline]
+pub(crate) fn free(
+    inner: &Arc<Inner>,
+    addr: usize,
+    allow_owned: bool,
+) -> Option<TaggedBlock> {
+    with_cache(inner, true, |cache| cache.free(inner, addr, allow_owned)).flatten()
+}
+
+/// Gives every block in this thread's cache for `inner` back to the shared structure.
+pub(crate) fn flush(inner: &Arc<Inner>) {
+    with_cache(inner, false, |cache| {
+        inner.with_heap(|heap, grave| cache.give_all_back(heap, grave))
+    });
+}
+
+/// Brings this thread's cache (if it has one) up to date with the allocator's ranges, so its
+/// counters no longer include blocks of removed ranges.
+pub(crate) fn sync(inner: &Arc<Inner>) {
+    with_cache(inner, false, |cache| cache.sync(inner));
+}
+
+impl LocalCache {
+    fn register(inner: &Arc<Inner>) -> LocalCache {
+        let counters = Arc::new(CacheCounters::default());
+        let mut heap = inner.heap.lock();
+        heap.caches.push(counters.clone());
+        LocalCache {
+            alloc_id: inner.id,
+            owner: Arc::downgrade(inner),
+            epoch: heap.epoch,
+            table: heap.table.clone(),
+            stacks: Default::default(),
+            deferred: Vec::new(),
+            counters,
+        }
+    }
+
+    #[inline]
+    fn alloc(
+        &mut self,
+        inner: &Inner,
+        order: u32,
+        request: usize,
+        owned: bool,
+    ) -> Result<usize, AllocError> {
+        self.sync(inner);
+        let class = (order - MIN_ORDER) as usize;
+        let slack = ((1usize << order) - request) as u64;
+        let mut refilled = false;
+        loop {
+            let Some(addr) = self.stacks[class].pop() else {
+                self.refill(inner, order)?;
+                refilled = true;
+                continue;
+            };
+            let Some(meta) = self.table.lookup(addr) else {
+                // Only a block of a range removed since the last refresh can be missing.
+                self.counters.uncached(order, 1);
+                continue;
+            };
+            if !meta.publish(addr, order, slack, owned) {
+                self.deferred.push((addr, order));
+                continue;
+            }
+            let c = &*self.counters;
+            self.counters.uncached(order, 1);
+            bump(&c.live_blocks, 1);
+            bump(&c.requested, request as u64);
+            bump(&c.rounded, 1 << order);
+            if !refilled {
+                bump(&c.hits, 1);
+            }
+            return Ok(addr);
+        }
+    }
+
+    #[inline]
+    fn free(&mut self, inner: &Inner, addr: usize, allow_owned: bool) -> Option<TaggedBlock> {
+        self.sync(inner);
+        let meta = self.table.lookup(addr)?;
+        let block = meta.release(addr, allow_owned).ok()?;
+        let c = &*self.counters;
+        bump(&c.live_blocks, 1u64.wrapping_neg());
+        bump(&c.requested, (block.requested() as u64).wrapping_neg());
+        bump(&c.rounded, (block.rounded() as u64).wrapping_neg());
+        if block.order <= SMALL_MAX_ORDER {
+            let class = (block.order - MIN_ORDER) as usize;
+            self.stacks[class].push(addr);
+            self.counters.cached(block.order, 1);
+            if self.stacks[class].len() > capacity(block.order) {
+                self.flush_class(inner, class);
+            }
+        } else {
+            let id = meta.id;
+            inner.with_heap(|heap, grave| heap.give_back(addr, block.order, Some(id), grave));
+        }
+        Some(block)
+    }
+
+    /// Takes the newest range table if the epoch moved.
+    #[inline]
+    fn sync(&mut self, inner: &Inner) {
+        if inner.epoch.load(Ordering::Acquire) != self.epoch {
+            let heap = inner.heap.lock();
+            self.refresh(&heap);
+        }
+    }
+
+    /// Switches to the heap's current table, dropping blocks whose range is gone and taking
+    /// back withdrawn blocks whose range stayed.
+    fn refresh(&mut self, heap: &Heap) {
+        if heap.epoch == self.epoch {
+            return;
+        }
+        let old = std::mem::replace(&mut self.table, heap.table.clone());
+        let new = &self.table;
+        let same_range = |addr: usize| {
+            let id = old.id_at(addr);
+            id.is_some() && id == new.id_at(addr)
+        };
+        for (class, stack) in self.stacks.iter_mut().enumerate() {
+            let before = stack.len();
+            stack.retain(|&addr| same_range(addr));
+            let dropped = (before - stack.len()) as u64;
+            self.counters.uncached(MIN_ORDER + class as u32, dropped);
+        }
+        for (addr, order) in std::mem::take(&mut self.deferred) {
+            if !same_range(addr) {
+                self.counters.uncached(order, 1);
+            } else if new.lookup(addr).is_some_and(|m| m.retired.load(Ordering::SeqCst)) {
+                self.deferred.push((addr, order));
+            } else {
+                self.stacks[(order - MIN_ORDER) as usize].push(addr);
+            }
+        }
+        self.epoch = heap.epoch;
+    }
+
+    /// Fetches a batch of blocks of `order` from the shared structure.
+    fn refill(&mut self, inner: &Inner, order: u32) -> Result<(), AllocError> {
+        let mut fresh = Vec::with_capacity(batch(order));
+        inner.with_heap(|heap, _| {
+            self.refresh(heap);
+            heap.lend(order, batch(order), &mut fresh)?;
+            // Lending may have mapped a chunk; the new blocks must be checked against a table
+            // that has it, and the blocks already cached against the table they came from.
+            self.refresh(heap);
+            Ok::<_, AllocError>(())
+        })?;
+        self.counters.cached(order, fresh.len() as u64);
+        bump(&self.counters.refills, 1);
+        // Pop the lowest addresses first, which keeps allocations packed.
+        let stack = &mut self.stacks[(order - MIN_ORDER) as usize];
+        stack.extend(fresh.into_iter().rev());
+        Ok(())
+    }
+
+    /// Gives the oldest half of a stack back to the shared structure.
+    fn flush_class(&mut self, inner: &Inner, class: usize) {
+        inner.with_heap(|heap, grave| {
+            self.refresh(heap);
+            let order = MIN_ORDER + class as u32;
+            let stack = &mut self.stacks[class];
+            let n = batch(order).min(stack.len());
+            for addr in stack.drain(..n) {
+                heap.give_back(addr, order, None, grave);
+            }
+            self.counters.uncached(order, n as u64);
+            bump(&self.counters.flushes, 1);
+        });
+    }
+
+    /// Gives every cached block back; the heap lock is held by the caller.
+    fn give_all_back(&mut self, heap: &mut Heap, grave: &mut Graveyard) {
+        // Under the lock no removal is deciding, so refreshing settles every withdrawn block:
+        // dropped if its range is gone, back on a stack if not.
+        self.refresh(heap);
+        debug_assert!(self.deferred.is_empty());
+        for (class, stack) in self.stacks.iter_mut().enumerate() {
+            let order = MIN_ORDER + class as u32;
+            self.counters.uncached(order, stack.len() as u64);
+            for addr in stack.drain(..) {
+                heap.give_back(addr, order, None, grave);
+            }
+        }
+    }
+
+    /// Gives everything back and folds the counters into the heap, as the thread exits.
+    fn retire(&mut self, inner: &Inner) {
+        inner.with_heap(|heap, grave| {
+            self.give_all_back(heap, grave);
+            heap.caches.retain(|c| !Arc::ptr_eq(c, &self.counters));
+            let counters = self.counters.snapshot();
+            heap.counters.add(&counters);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacities_stay_within_bounds() {
+        assert_eq!(capacity(4), MAX_CAPACITY);
+        assert_eq!(capacity(SMALL_MAX_ORDER), MIN_CAPACITY);
+        for order in MIN_ORDER..=SMALL_MAX_ORDER {
+            assert!(batch(order) >= MIN_CAPACITY / 2);
+        }
+    }
+}
