@@ -149,8 +149,11 @@ impl Buddy {
     /// Whether the block of `order` at `addr` is free as a whole block of that order.
     #[cfg(test)]
     pub(crate) fn is_free(&self, addr: usize, order: u32) -> bool {
-        self.index(order, addr)
-            .is_some_and(|i| self.sets[(order - MIN_ORDER) as usize].tree.contains(self.words.words(), i))
+        self.index(order, addr).is_some_and(|i| {
+            self.sets[(order - MIN_ORDER) as usize]
+                .tree
+                .contains(self.words.words(), i)
+        })
     }
 
     /// The bit index of the block of `order` at `addr`, if such a block fits in the range.
@@ -171,7 +174,10 @@ impl Buddy {
             .index(order, addr)
             .expect("a block handed to the buddy structure lies inside its range");
         let set = &mut self.sets[(order - MIN_ORDER) as usize];
-        debug_assert!(!set.tree.contains(self.words.words(), i), "block freed twice");
+        debug_assert!(
+            !set.tree.contains(self.words.words(), i),
+            "block freed twice"
+        );
         set.tree.insert(self.words.words_mut(), i);
         set.free += 1;
         self.nonempty |= 1 << order;

@@ -134,7 +134,11 @@ thread_local! {
 /// Returns `None` when the cache cannot be used (the thread is exiting, or a cache operation is
 /// already running on this thread further up the stack); the caller then takes the locked path.
 #[inline]
-fn with_cache<R>(inner: &Arc<Inner>, create: bool, f: impl FnOnce(&mut LocalCache) -> R) -> Option<R> {
+fn with_cache<R>(
+    inner: &Arc<Inner>,
+    create: bool,
+    f: impl FnOnce(&mut LocalCache) -> R,
+) -> Option<R> {
     CACHES
         .try_with(|caches| {
             let mut caches = caches.try_borrow_mut().ok()?;
@@ -163,17 +167,15 @@ pub(crate) fn alloc(
     request: usize,
     owned: bool,
 ) -> Option<Result<usize, AllocError>> {
-    with_cache(inner, true, |cache| cache.alloc(inner, order, request, owned))
+    with_cache(inner, true, |cache| {
+        cache.alloc(inner, order, request, owned)
+    })
 }
 
 /// Frees the block at `addr` through this thread's cache. `None`: the cache could not prove the
 /// address live; the locked path gives the authoritative answer.
 #[inline]
-pub(crate) fn free(
-    inner: &Arc<Inner>,
-    addr: usize,
-    allow_owned: bool,
-) -> Option<TaggedBlock> {
+pub(crate) fn free(inner: &Arc<Inner>, addr: usize, allow_owned: bool) -> Option<TaggedBlock> {
     with_cache(inner, true, |cache| cache.free(inner, addr, allow_owned)).flatten()
 }
 
@@ -298,7 +300,10 @@ impl LocalCache {
         for (addr, order) in std::mem::take(&mut self.deferred) {
             if !same_range(addr) {
                 self.counters.uncached(order, 1);
-            } else if new.lookup(addr).is_some_and(|m| m.retired.load(Ordering::SeqCst)) {
+            } else if new
+                .lookup(addr)
+                .is_some_and(|m| m.retired.load(Ordering::SeqCst))
+            {
                 self.deferred.push((addr, order));
             } else {
                 self.stacks[(order - MIN_ORDER) as usize].push(addr);

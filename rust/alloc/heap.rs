@@ -48,7 +48,9 @@ impl Record {
 
     fn touched_pages(&self) -> impl Iterator<Item = usize> + '_ {
         self.touched.iter().enumerate().flat_map(|(w, &bits)| {
-            (0..64).filter(move |b| bits >> b & 1 != 0).map(move |b| w * 64 + b)
+            (0..64)
+                .filter(move |b| bits >> b & 1 != 0)
+                .map(move |b| w * 64 + b)
         })
     }
 
@@ -226,8 +228,8 @@ impl Heap {
         backing: Backing,
     ) -> Result<usize, (AllocError, Backing)> {
         let id = self.next_range_id;
-        let built = RangeMeta::new(id, base, len, kind)
-            .and_then(|meta| Ok((meta, Buddy::new(base, len)?)));
+        let built =
+            RangeMeta::new(id, base, len, kind).and_then(|meta| Ok((meta, Buddy::new(base, len)?)));
         let (meta, buddy) = match built {
             Ok(parts) => parts,
             Err(e) => return Err((AllocError::Bookkeeping(e), backing)),
@@ -316,7 +318,10 @@ impl Heap {
     }
 
     /// Removes an inserted range if no block in it is live.
-    pub(crate) fn remove(&mut self, start: usize) -> Result<(RangeInfo, Option<RangeOwner>), AllocError> {
+    pub(crate) fn remove(
+        &mut self,
+        start: usize,
+    ) -> Result<(RangeInfo, Option<RangeOwner>), AllocError> {
         let slot = *self
             .by_start
             .get(&start)
@@ -382,7 +387,13 @@ impl Heap {
 
     /// Returns a block to the buddy structure of its range, if that range is still the one
     /// `meta_id` names, and gives back a chunk that became empty.
-    pub(crate) fn give_back(&mut self, addr: usize, order: u32, meta_id: Option<u64>, grave: &mut Graveyard) {
+    pub(crate) fn give_back(
+        &mut self,
+        addr: usize,
+        order: u32,
+        meta_id: Option<u64>,
+        grave: &mut Graveyard,
+    ) {
         let Some(slot) = self.slot_at(addr) else {
             return;
         };
@@ -449,7 +460,15 @@ impl Heap {
             ));
         }
         let slot = self
-            .add_range(base, size, RangeKind::Chunk, Backing::Chunk { _map: map, standard })
+            .add_range(
+                base,
+                size,
+                RangeKind::Chunk,
+                Backing::Chunk {
+                    _map: map,
+                    standard,
+                },
+            )
             .map_err(|(e, _)| e)?;
         self.chunk_bytes += size;
         self.chunks += 1;
@@ -508,7 +527,9 @@ impl Heap {
         allow_owned: bool,
         grave: &mut Graveyard,
     ) -> Result<TaggedBlock, AllocError> {
-        let slot = self.slot_at(addr).ok_or(AllocError::UnknownAddress { addr })?;
+        let slot = self
+            .slot_at(addr)
+            .ok_or(AllocError::UnknownAddress { addr })?;
         let block = self
             .record(slot)
             .meta

@@ -65,7 +65,9 @@ mod tests {
         m.words_mut()[3] = 7;
         assert_eq!(m.words()[3], 7);
         // Word 3 spans tags 12..16; whatever the byte order, exactly one of them holds the 7.
-        let tags: Vec<u16> = (12..16).map(|i| m.tags()[i].load(Ordering::Relaxed)).collect();
+        let tags: Vec<u16> = (12..16)
+            .map(|i| m.tags()[i].load(Ordering::Relaxed))
+            .collect();
         assert_eq!(tags.iter().map(|&t| t as u64).sum::<u64>(), 7);
     }
 }

@@ -171,7 +171,9 @@ pub enum AllocError {
         start: usize,
     },
     /// The range still has live blocks.
-    #[error("range {start:#x}+{len:#x} still has {live} live block(s); free them before removing it")]
+    #[error(
+        "range {start:#x}+{len:#x} still has {live} live block(s); free them before removing it"
+    )]
     RangeBusy {
         /// Start of the range.
         start: usize,
@@ -399,10 +401,7 @@ fn order_for(size: usize, align: usize) -> Result<u32, AllocError> {
     if align > isize::MAX as usize / 2 + 1 {
         return Err(AllocError::SizeOverflow { size, align });
     }
-    Ok(block
-        .max(align)
-        .trailing_zeros()
-        .max(MIN_ORDER))
+    Ok(block.max(align).trailing_zeros().max(MIN_ORDER))
 }
 
 impl UntrustedAllocator {
@@ -471,6 +470,18 @@ impl UntrustedAllocator {
 
     fn allocate_addr(&self, size: usize, align: usize, owned: bool) -> Result<usize, AllocError> {
         let order = order_for(size, align)?;
+        match self.allocate_order(order, size, owned) {
+            // Free blocks in this thread's cache may be what keeps a larger block from forming
+            // or a chunk from being reused; give them back and try once more.
+            Err(AllocError::OutOfMemory { .. }) if self.inner.config.thread_cache => {
+                cache::flush(&self.inner);
+                self.allocate_order(order, size, owned)
+            }
+            result => result,
+        }
+    }
+
+    fn allocate_order(&self, order: u32, size: usize, owned: bool) -> Result<usize, AllocError> {
         let inner = &self.inner;
         if inner.config.thread_cache && order <= cache::SMALL_MAX_ORDER {
             if let Some(result) = cache::alloc(inner, order, size, owned) {
@@ -547,7 +558,9 @@ impl UntrustedAllocator {
     /// Refused while any block in the range is live. Blocks of the range sitting free in thread
     /// caches do not hold it up; they are never handed out again.
     pub fn remove_range(&self, start: *const u8) -> Result<RemovedRange, AllocError> {
-        let (range, owner) = self.inner.with_heap(|heap, _| heap.remove(start as usize))?;
+        let (range, owner) = self
+            .inner
+            .with_heap(|heap, _| heap.remove(start as usize))?;
         Ok(RemovedRange { range, owner })
     }
 

@@ -293,7 +293,10 @@ mod tests {
         assert!(m.publish(0x10000 + 0x800, 11, 1000, false));
         assert!(m.publish(0x10000 + 0x40, 4, 3, true));
         let big = m.find(0x10000 + 0x800 + 0x7FF).unwrap();
-        assert_eq!((big.start, big.order, big.slack, big.owned), (0x10800, 11, 1000, false));
+        assert_eq!(
+            (big.start, big.order, big.slack, big.owned),
+            (0x10800, 11, 1000, false)
+        );
         assert_eq!(big.requested(), 2048 - 1000);
         // Probing inside the big block must not mistake its slack tags for block starts.
         for off in (0..0x800).step_by(16) {
