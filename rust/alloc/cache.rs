@@ -26,25 +26,27 @@ use std::sync::{Arc, Weak};
 
 use super::heap::{Counters, Graveyard, Heap};
 use super::range::{RangeTable, TaggedBlock};
-use super::{AllocError, Inner, MIN_ORDER};
+use super::{Inner, MIN_ORDER};
 
-/// The largest order served from thread caches: 4 KiB.
-pub(crate) const SMALL_MAX_ORDER: u32 = 12;
-const CLASSES: usize = (SMALL_MAX_ORDER - MIN_ORDER + 1) as usize;
-/// How many bytes of one order a cache holds at most, within [`MIN_CAPACITY`, `MAX_CAPACITY`]
-/// blocks.
+/// The largest order served from thread caches: 1 MiB.
+pub(crate) const CACHE_MAX_ORDER: u32 = 20;
+const CLASSES: usize = (CACHE_MAX_ORDER - MIN_ORDER + 1) as usize;
+/// A cache holds about this many bytes of one order: up to 512 blocks of the smallest orders,
+/// and at least one block of the largest, so a thread that keeps allocating and freeing a
+/// block of any cached size never needs the lock. One thread holds at most about 2.3 MiB.
 const CLASS_BYTES: usize = 32 << 10;
-const MIN_CAPACITY: usize = 16;
 const MAX_CAPACITY: usize = 512;
 
-/// How many blocks of `order` a cache holds before it gives half back.
+/// How many blocks of `order` a cache holds before it gives some back.
+#[inline]
 fn capacity(order: u32) -> usize {
-    (CLASS_BYTES >> order).clamp(MIN_CAPACITY, MAX_CAPACITY)
+    (CLASS_BYTES >> order).clamp(1, MAX_CAPACITY)
 }
 
 /// How many blocks a refill fetches and a flush returns.
+#[inline]
 fn batch(order: u32) -> usize {
-    capacity(order) / 2
+    (capacity(order) / 2).max(1)
 }
 
 /// Statistics of one thread cache, written only by its thread.
@@ -129,7 +131,7 @@ thread_local! {
     static CACHES: RefCell<ThreadCaches> = const { RefCell::new(ThreadCaches(Vec::new())) };
 }
 
-/// Runs `f` on this thread's cache for `inner`, creating it if needed.
+/// Runs `f` on this thread's cache for `inner`, creating it if `create` is set.
 ///
 /// Returns `None` when the cache cannot be used (the thread is exiting, or a cache operation is
 /// already running on this thread further up the stack); the caller then takes the locked path.
@@ -143,33 +145,41 @@ fn with_cache<R>(
         .try_with(|caches| {
             let mut caches = caches.try_borrow_mut().ok()?;
             let list = &mut caches.0;
-            let pos = match list.iter().position(|c| c.alloc_id == inner.id) {
-                Some(pos) => pos,
-                None if create => {
-                    // Forget caches of allocators that no longer exist.
-                    list.retain(|c| c.owner.strong_count() > 0);
-                    list.push(LocalCache::register(inner));
-                    list.len() - 1
-                }
-                None => return None,
-            };
-            Some(f(&mut list[pos]))
+            if list.first().is_none_or(|c| c.alloc_id != inner.id) && !select(list, inner, create) {
+                return None;
+            }
+            Some(f(&mut list[0]))
         })
         .ok()
         .flatten()
 }
 
-/// Allocates a block of a small `order` from this thread's cache. `None`: use the locked path.
+/// Moves the cache for `inner` to the front of the list, creating it if asked to. Returns
+/// whether the front is now that cache.
+#[cold]
+fn select(list: &mut Vec<LocalCache>, inner: &Arc<Inner>, create: bool) -> bool {
+    match list.iter().position(|c| c.alloc_id == inner.id) {
+        Some(pos) => list.swap(0, pos),
+        None if create => {
+            // Forget caches of allocators that no longer exist.
+            list.retain(|c| c.owner.strong_count() > 0);
+            list.push(LocalCache::register(inner));
+            let last = list.len() - 1;
+            list.swap(0, last);
+        }
+        None => return false,
+    }
+    true
+}
+
+/// Allocates a block of a cached `order` from this thread's cache. `None`: the cache could
+/// not serve it (no cache, or no memory for a refill); the locked path decides.
 #[inline]
-pub(crate) fn alloc(
-    inner: &Arc<Inner>,
-    order: u32,
-    request: usize,
-    owned: bool,
-) -> Option<Result<usize, AllocError>> {
+pub(crate) fn alloc(inner: &Arc<Inner>, order: u32, request: usize, owned: bool) -> Option<usize> {
     with_cache(inner, true, |cache| {
         cache.alloc(inner, order, request, owned)
     })
+    .flatten()
 }
 
 /// Frees the block at `addr` through this thread's cache. `None`: the cache could not prove the
@@ -209,20 +219,16 @@ impl LocalCache {
     }
 
     #[inline]
-    fn alloc(
-        &mut self,
-        inner: &Inner,
-        order: u32,
-        request: usize,
-        owned: bool,
-    ) -> Result<usize, AllocError> {
+    fn alloc(&mut self, inner: &Inner, order: u32, request: usize, owned: bool) -> Option<usize> {
         self.sync(inner);
         let class = (order - MIN_ORDER) as usize;
         let slack = ((1usize << order) - request) as u64;
         let mut refilled = false;
         loop {
             let Some(addr) = self.stacks[class].pop() else {
-                self.refill(inner, order)?;
+                if !self.refill(inner, order) {
+                    return None;
+                }
                 refilled = true;
                 continue;
             };
@@ -231,19 +237,19 @@ impl LocalCache {
                 self.counters.uncached(order, 1);
                 continue;
             };
-            if !meta.publish(addr, order, slack, owned) {
+            if !meta.publish(addr, order, slack, owned, inner.asymmetric) {
                 self.deferred.push((addr, order));
                 continue;
             }
             let c = &*self.counters;
-            self.counters.uncached(order, 1);
+            c.uncached(order, 1);
             bump(&c.live_blocks, 1);
             bump(&c.requested, request as u64);
             bump(&c.rounded, 1 << order);
             if !refilled {
                 bump(&c.hits, 1);
             }
-            return Ok(addr);
+            return Some(addr);
         }
     }
 
@@ -256,10 +262,10 @@ impl LocalCache {
         bump(&c.live_blocks, 1u64.wrapping_neg());
         bump(&c.requested, (block.requested() as u64).wrapping_neg());
         bump(&c.rounded, (block.rounded() as u64).wrapping_neg());
-        if block.order <= SMALL_MAX_ORDER {
+        if block.order <= CACHE_MAX_ORDER {
             let class = (block.order - MIN_ORDER) as usize;
             self.stacks[class].push(addr);
-            self.counters.cached(block.order, 1);
+            c.cached(block.order, 1);
             if self.stacks[class].len() > capacity(block.order) {
                 self.flush_class(inner, class);
             }
@@ -274,9 +280,14 @@ impl LocalCache {
     #[inline]
     fn sync(&mut self, inner: &Inner) {
         if inner.epoch.load(Ordering::Acquire) != self.epoch {
-            let heap = inner.heap.lock();
-            self.refresh(&heap);
+            self.sync_slow(inner);
         }
+    }
+
+    #[cold]
+    fn sync_slow(&mut self, inner: &Inner) {
+        let heap = inner.heap.lock();
+        self.refresh(&heap);
     }
 
     /// Switches to the heap's current table, dropping blocks whose range is gone and taking
@@ -312,26 +323,32 @@ impl LocalCache {
         self.epoch = heap.epoch;
     }
 
-    /// Fetches a batch of blocks of `order` from the shared structure.
-    fn refill(&mut self, inner: &Inner, order: u32) -> Result<(), AllocError> {
+    /// Fetches a batch of blocks of `order` from the shared structure. Returns false if none
+    /// could be had.
+    #[cold]
+    fn refill(&mut self, inner: &Inner, order: u32) -> bool {
         let mut fresh = Vec::with_capacity(batch(order));
-        inner.with_heap(|heap, _| {
+        let lent = inner.with_heap(|heap, _| {
             self.refresh(heap);
-            heap.lend(order, batch(order), &mut fresh)?;
+            let lent = heap.lend(order, batch(order), &mut fresh);
             // Lending may have mapped a chunk; the new blocks must be checked against a table
             // that has it, and the blocks already cached against the table they came from.
             self.refresh(heap);
-            Ok::<_, AllocError>(())
-        })?;
+            lent
+        });
+        if lent.is_err() {
+            return false;
+        }
         self.counters.cached(order, fresh.len() as u64);
         bump(&self.counters.refills, 1);
         // Pop the lowest addresses first, which keeps allocations packed.
         let stack = &mut self.stacks[(order - MIN_ORDER) as usize];
         stack.extend(fresh.into_iter().rev());
-        Ok(())
+        true
     }
 
-    /// Gives the oldest half of a stack back to the shared structure.
+    /// Gives the oldest part of a stack back to the shared structure.
+    #[cold]
     fn flush_class(&mut self, inner: &Inner, class: usize) {
         inner.with_heap(|heap, grave| {
             self.refresh(heap);
@@ -378,10 +395,15 @@ mod tests {
 
     #[test]
     fn capacities_stay_within_bounds() {
-        assert_eq!(capacity(4), MAX_CAPACITY);
-        assert_eq!(capacity(SMALL_MAX_ORDER), MIN_CAPACITY);
-        for order in MIN_ORDER..=SMALL_MAX_ORDER {
-            assert!(batch(order) >= MIN_CAPACITY / 2);
+        assert_eq!(capacity(MIN_ORDER), MAX_CAPACITY);
+        assert_eq!(capacity(12), 8);
+        assert_eq!(capacity(CACHE_MAX_ORDER), 1);
+        let most: usize = (MIN_ORDER..=CACHE_MAX_ORDER)
+            .map(|order| capacity(order) << order)
+            .sum();
+        assert!(most < 5 << 19, "{most}");
+        for order in MIN_ORDER..=CACHE_MAX_ORDER {
+            assert!((1..=capacity(order)).contains(&batch(order)));
         }
     }
 }

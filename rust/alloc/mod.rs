@@ -16,11 +16,13 @@
 //!   manages: the host can rewrite untrusted memory at any moment, so a free list kept there
 //!   would let it steer the allocator. Free bitmaps and per-granule tags ([`range`]) live in the
 //!   allocator's own lazily mapped memory.
-//! - **Thread caches.** Blocks up to 4 KiB are served from per-thread caches that are refilled
-//!   and flushed in batches ([`cache`]); the common small allocation and free take no lock, only
-//!   one atomic instruction on the block's tag. A block may be freed on any thread.
+//! - **Thread caches.** Blocks up to [`CACHE_MAX`] (1 MiB) are served from per-thread caches
+//!   that are refilled and flushed in batches ([`cache`]): hundreds of blocks at a time for the
+//!   small sizes, one at a time for the largest. The common allocation and free take no lock,
+//!   only a store and one compare-and-swap on the block's tag. A block may be freed on any
+//!   thread.
 //! - **One lock** guards the shared structures ([`heap`]): refills and flushes, blocks over
-//!   4 KiB, range insertion and removal, chunk mapping and release.
+//!   1 MiB, range insertion and removal, chunk mapping and release.
 //!
 //! Own chunks are [`AllocConfig::chunk_size`] bytes (16 MiB by default) and aligned to their
 //! size; a request larger than a chunk gets a chunk of its own. Empty chunks are given back to
@@ -35,6 +37,7 @@
 mod bitmap;
 mod buddy;
 mod cache;
+mod fence;
 mod heap;
 mod lazy;
 mod range;
@@ -55,7 +58,7 @@ use heap::{Graveyard, Heap};
 /// The smallest block, and the alignment that inserted ranges need for start and length.
 pub const MIN_BLOCK: usize = 1 << MIN_ORDER;
 /// The largest block served from thread caches.
-pub const SMALL_MAX: usize = 1 << cache::SMALL_MAX_ORDER;
+pub const CACHE_MAX: usize = 1 << cache::CACHE_MAX_ORDER;
 /// The default size of the allocator's own chunks.
 pub const DEFAULT_CHUNK_SIZE: usize = 16 << 20;
 /// Blocks that hold storage segments are aligned to this many bytes.
@@ -215,7 +218,7 @@ pub struct AllocConfig {
     pub reserve_chunks: usize,
     /// The most bytes of own chunks mapped at once; 0 serves only inserted ranges.
     pub chunk_limit: usize,
-    /// Whether blocks up to [`SMALL_MAX`] bytes go through per-thread caches.
+    /// Whether blocks up to [`CACHE_MAX`] bytes go through per-thread caches.
     pub thread_cache: bool,
 }
 
@@ -350,6 +353,8 @@ pub(crate) struct Inner {
     config: AllocConfig,
     /// Bumped whenever the set of ranges changes; thread caches compare it on every operation.
     epoch: Arc<AtomicU64>,
+    /// Whether removal issues a process-wide barrier, so publishing needs no fence of its own.
+    asymmetric: bool,
     heap: Mutex<Heap>,
 }
 
@@ -387,6 +392,7 @@ impl Default for UntrustedAllocator {
 }
 
 /// The order of the block that serves `size` bytes aligned to `align`.
+#[inline]
 fn order_for(size: usize, align: usize) -> Result<u32, AllocError> {
     if size == 0 {
         return Err(AllocError::ZeroSize);
@@ -428,6 +434,7 @@ impl UntrustedAllocator {
             config,
             heap: Mutex::new(Heap::new(config, epoch.clone())),
             epoch,
+            asymmetric: fence::asymmetric(),
         };
         Ok(UntrustedAllocator {
             inner: Arc::new(inner),
@@ -468,39 +475,43 @@ impl UntrustedAllocator {
         })
     }
 
+    #[inline]
     fn allocate_addr(&self, size: usize, align: usize, owned: bool) -> Result<usize, AllocError> {
         let order = order_for(size, align)?;
-        match self.allocate_order(order, size, owned) {
+        let inner = &self.inner;
+        if inner.config.thread_cache && order <= cache::CACHE_MAX_ORDER {
+            if let Some(addr) = cache::alloc(inner, order, size, owned) {
+                return Ok(addr);
+            }
+        }
+        self.allocate_locked(order, size, owned)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn allocate_locked(&self, order: u32, size: usize, owned: bool) -> Result<usize, AllocError> {
+        let inner = &self.inner;
+        match inner.with_heap(|heap, _| heap.alloc(order, size, owned)) {
             // Free blocks in this thread's cache may be what keeps a larger block from forming
             // or a chunk from being reused; give them back and try once more.
-            Err(AllocError::OutOfMemory { .. }) if self.inner.config.thread_cache => {
-                cache::flush(&self.inner);
-                self.allocate_order(order, size, owned)
+            Err(AllocError::OutOfMemory { .. }) if inner.config.thread_cache => {
+                cache::flush(inner);
+                inner.with_heap(|heap, _| heap.alloc(order, size, owned))
             }
             result => result,
         }
     }
 
-    fn allocate_order(&self, order: u32, size: usize, owned: bool) -> Result<usize, AllocError> {
-        let inner = &self.inner;
-        if inner.config.thread_cache && order <= cache::SMALL_MAX_ORDER {
-            if let Some(result) = cache::alloc(inner, order, size, owned) {
-                return result;
-            }
-        }
-        inner.with_heap(|heap, _| heap.alloc(order, size, owned))
-    }
-
+    #[inline]
     fn free_addr(&self, addr: usize, allow_owned: bool) -> Result<LiveBlock, AllocError> {
         let inner = &self.inner;
-        let block = match inner
-            .config
-            .thread_cache
-            .then(|| cache::free(inner, addr, allow_owned))
-            .flatten()
-        {
+        let block = match inner.config.thread_cache {
+            true => cache::free(inner, addr, allow_owned),
+            false => None,
+        };
+        let block = match block {
             Some(block) => block,
-            None => inner.with_heap(|heap, grave| heap.free(addr, allow_owned, grave))?,
+            None => self.free_locked(addr, allow_owned)?,
         };
         Ok(LiveBlock {
             start: block.start,
@@ -508,6 +519,17 @@ impl UntrustedAllocator {
             requested: block.requested(),
             owned: block.owned,
         })
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn free_locked(
+        &self,
+        addr: usize,
+        allow_owned: bool,
+    ) -> Result<range::TaggedBlock, AllocError> {
+        self.inner
+            .with_heap(|heap, grave| heap.free(addr, allow_owned, grave))
     }
 
     /// Brings the committed range `[start, start + len)` under management.

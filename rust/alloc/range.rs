@@ -16,9 +16,10 @@
 //! For blocks of more than 2^8 bytes the slack does not fit in the head tag; it is kept in the
 //! next five tags of the block, 15 bits each, so that `START` stays clear in them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 
+use super::fence;
 use super::lazy::ZeroedMap;
 use super::{RangeInfo, RangeKind, MIN_BLOCK, MIN_ORDER};
 
@@ -117,15 +118,10 @@ impl RangeMeta {
         self.tag_index(addr) / TAGS_PER_PAGE
     }
 
-    /// Marks the block live, then checks that the range is not being removed.
-    ///
-    /// Returns false, with the tag cleared again, if it is: the caller must not hand the block
-    /// out. The tag is written with a sequentially consistent swap and `retired` read with a
-    /// sequentially consistent load, and a removal does the mirror image (sets `retired`, then
-    /// reads the tags), so at least one side sees the other: either this call withdraws, or the
-    /// removal counts the block as live and refuses.
+    /// Writes the tags of a live block. The head is written last, with release ordering, so
+    /// whoever reads it also sees the slack.
     #[inline]
-    pub(crate) fn publish(&self, addr: usize, order: u32, slack: u64, owned: bool) -> bool {
+    fn write_tags(&self, addr: usize, order: u32, slack: u64, owned: bool) -> &AtomicU16 {
         let tags = self.tags.tags();
         let i = self.tag_index(addr);
         let mut head = START | ((order as u16) << ORDER_SHIFT);
@@ -140,9 +136,39 @@ impl RangeMeta {
                 tag.store(part, Ordering::Relaxed);
             }
         }
-        tags[i].swap(head, Ordering::SeqCst);
-        if self.retired.load(Ordering::SeqCst) {
-            tags[i].store(0, Ordering::SeqCst);
+        let tag = &tags[i];
+        tag.store(head, Ordering::Release);
+        tag
+    }
+
+    /// Marks the block live while holding the allocator's lock, under which no removal is
+    /// deciding and removed ranges are out of reach.
+    #[inline]
+    pub(crate) fn publish_locked(&self, addr: usize, order: u32, slack: u64, owned: bool) {
+        self.write_tags(addr, order, slack, owned);
+    }
+
+    /// Marks the block live from a thread cache, then checks that the range is not being
+    /// removed.
+    ///
+    /// Returns false, with the tag cleared again, if it is: the caller must not hand the block
+    /// out. Removal does the mirror image (sets `retired`, then reads the tags) with a fence
+    /// pair between write and read on both sides (see [`fence`](super::fence)), so at least one
+    /// side sees the other: either this call withdraws, or the removal counts the block as live
+    /// and refuses. `asymmetric` is [`fence::asymmetric()`](super::fence::asymmetric).
+    #[inline]
+    pub(crate) fn publish(
+        &self,
+        addr: usize,
+        order: u32,
+        slack: u64,
+        owned: bool,
+        asymmetric: bool,
+    ) -> bool {
+        let tag = self.write_tags(addr, order, slack, owned);
+        fence::light(asymmetric);
+        if self.retired.load(Ordering::Relaxed) {
+            tag.store(0, Ordering::Relaxed);
             return false;
         }
         true
@@ -196,7 +222,8 @@ impl RangeMeta {
         None
     }
 
-    /// Counts live blocks whose head tag lies on one of the given tag pages.
+    /// Counts live blocks whose head tag lies on one of the given tag pages. A removal calls
+    /// this after raising `retired` and issuing the heavy fence.
     pub(crate) fn count_live_on_pages(&self, pages: impl Iterator<Item = usize>) -> usize {
         let tags = self.tags.tags();
         let total = self.len / MIN_BLOCK;
@@ -206,7 +233,7 @@ impl RangeMeta {
             let to = (from + TAGS_PER_PAGE).min(total);
             live += tags[from..to]
                 .iter()
-                .filter(|t| t.load(Ordering::SeqCst) & START != 0)
+                .filter(|t| t.load(Ordering::Relaxed) & START != 0)
                 .count();
         }
         live
@@ -290,8 +317,9 @@ mod tests {
     #[test]
     fn publish_release_and_find_agree() {
         let m = meta(0x10000, 0x10000);
-        assert!(m.publish(0x10000 + 0x800, 11, 1000, false));
-        assert!(m.publish(0x10000 + 0x40, 4, 3, true));
+        let asym = fence::asymmetric();
+        assert!(m.publish(0x10000 + 0x800, 11, 1000, false, asym));
+        m.publish_locked(0x10000 + 0x40, 4, 3, true);
         let big = m.find(0x10000 + 0x800 + 0x7FF).unwrap();
         assert_eq!(
             (big.start, big.order, big.slack, big.owned),
@@ -318,7 +346,7 @@ mod tests {
     fn retired_range_withdraws_publication() {
         let m = meta(0x10000, 0x1000);
         m.retired.store(true, Ordering::SeqCst);
-        assert!(!m.publish(0x10000, 4, 0, false));
+        assert!(!m.publish(0x10000, 4, 0, false, fence::asymmetric()));
         assert_eq!(m.find(0x10000), None);
     }
 
