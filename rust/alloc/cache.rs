@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use super::heap::{Counters, Graveyard, Heap};
-use super::range::{RangeTable, TaggedBlock};
+use super::range::{RangeMeta, RangeTable, TaggedBlock};
 use super::{Inner, MIN_ORDER};
 
 /// The largest order served from thread caches: 1 MiB.
@@ -33,8 +33,10 @@ pub(crate) const CACHE_MAX_ORDER: u32 = 20;
 const CLASSES: usize = (CACHE_MAX_ORDER - MIN_ORDER + 1) as usize;
 /// A cache holds about this many bytes of one order: up to 512 blocks of the smallest orders,
 /// and at least one block of the largest, so a thread that keeps allocating and freeing a
-/// block of any cached size never needs the lock. One thread holds at most about 2.3 MiB.
-const CLASS_BYTES: usize = 32 << 10;
+/// block of any cached size rarely needs the lock. One thread holds at most about 3.1 MiB per
+/// allocator; [`UntrustedAllocator::flush_thread_cache`](super::UntrustedAllocator) gives it
+/// back early, and running out of memory does so too.
+const CLASS_BYTES: usize = 128 << 10;
 const MAX_CAPACITY: usize = 512;
 
 /// How many blocks of `order` a cache holds before it gives some back.
@@ -59,8 +61,6 @@ pub(crate) struct CacheCounters {
     live_blocks: AtomicU64,
     requested: AtomicU64,
     rounded: AtomicU64,
-    cached_blocks: AtomicU64,
-    cached_bytes: AtomicU64,
     hits: AtomicU64,
     refills: AtomicU64,
     flushes: AtomicU64,
@@ -83,21 +83,10 @@ impl CacheCounters {
             live_blocks: get(&self.live_blocks),
             requested: get(&self.requested),
             rounded: get(&self.rounded),
-            cached_blocks: get(&self.cached_blocks),
-            cached_bytes: get(&self.cached_bytes),
             hits: get(&self.hits),
             refills: get(&self.refills),
             flushes: get(&self.flushes),
         }
-    }
-
-    fn cached(&self, order: u32, blocks: u64) {
-        bump(&self.cached_blocks, blocks);
-        bump(&self.cached_bytes, blocks.wrapping_mul(1 << order));
-    }
-
-    fn uncached(&self, order: u32, blocks: u64) {
-        self.cached(order, blocks.wrapping_neg());
     }
 }
 
@@ -107,6 +96,12 @@ struct LocalCache {
     owner: Weak<Inner>,
     epoch: u64,
     table: Arc<RangeTable>,
+    /// The range of the last lookup, kept here so that the common case of one busy range
+    /// needs no search and no pointer chasing through the table: `hot_start..hot_start +
+    /// hot_len`, and its meta (from `table`, so it is dropped on refresh).
+    hot_start: usize,
+    hot_len: usize,
+    hot_meta: Option<Arc<RangeMeta>>,
     stacks: [Vec<usize>; CLASSES],
     /// Blocks withdrawn because their range was being removed, with their order. They count as
     /// cached until the removal is decided.
@@ -115,11 +110,17 @@ struct LocalCache {
 }
 
 /// All caches of one thread. Dropped when the thread exits, which gives every block back.
-struct ThreadCaches(Vec<LocalCache>);
+///
+/// The most recently used cache is kept inline rather than in the vector, which saves a
+/// pointer dereference on every allocation and free.
+struct ThreadCaches {
+    front: Option<LocalCache>,
+    others: Vec<LocalCache>,
+}
 
 impl Drop for ThreadCaches {
     fn drop(&mut self) {
-        for mut cache in self.0.drain(..) {
+        for mut cache in self.front.take().into_iter().chain(self.others.drain(..)) {
             if let Some(inner) = cache.owner.upgrade() {
                 cache.retire(&inner);
             }
@@ -128,7 +129,9 @@ impl Drop for ThreadCaches {
 }
 
 thread_local! {
-    static CACHES: RefCell<ThreadCaches> = const { RefCell::new(ThreadCaches(Vec::new())) };
+    static CACHES: RefCell<ThreadCaches> = const {
+        RefCell::new(ThreadCaches { front: None, others: Vec::new() })
+    };
 }
 
 /// Runs `f` on this thread's cache for `inner`, creating it if `create` is set.
@@ -144,30 +147,35 @@ fn with_cache<R>(
     CACHES
         .try_with(|caches| {
             let mut caches = caches.try_borrow_mut().ok()?;
-            let list = &mut caches.0;
-            if list.first().is_none_or(|c| c.alloc_id != inner.id) && !select(list, inner, create) {
+            let caches = &mut *caches;
+            let hit = caches
+                .front
+                .as_ref()
+                .is_some_and(|c| c.alloc_id == inner.id);
+            if !hit && !select(caches, inner, create) {
                 return None;
             }
-            Some(f(&mut list[0]))
+            caches.front.as_mut().map(f)
         })
         .ok()
         .flatten()
 }
 
-/// Moves the cache for `inner` to the front of the list, creating it if asked to. Returns
-/// whether the front is now that cache.
+/// Moves the cache for `inner` to the front, creating it if asked to. Returns whether the
+/// front is now that cache.
 #[cold]
-fn select(list: &mut Vec<LocalCache>, inner: &Arc<Inner>, create: bool) -> bool {
-    match list.iter().position(|c| c.alloc_id == inner.id) {
-        Some(pos) => list.swap(0, pos),
+fn select(caches: &mut ThreadCaches, inner: &Arc<Inner>, create: bool) -> bool {
+    let cache = match caches.others.iter().position(|c| c.alloc_id == inner.id) {
+        Some(pos) => caches.others.swap_remove(pos),
         None if create => {
             // Forget caches of allocators that no longer exist.
-            list.retain(|c| c.owner.strong_count() > 0);
-            list.push(LocalCache::register(inner));
-            let last = list.len() - 1;
-            list.swap(0, last);
+            caches.others.retain(|c| c.owner.strong_count() > 0);
+            LocalCache::register(inner)
         }
         None => return false,
+    };
+    if let Some(previous) = caches.front.replace(cache) {
+        caches.others.push(previous);
     }
     true
 }
@@ -212,6 +220,9 @@ impl LocalCache {
             owner: Arc::downgrade(inner),
             epoch: heap.epoch,
             table: heap.table.clone(),
+            hot_start: 0,
+            hot_len: 0,
+            hot_meta: None,
             stacks: Default::default(),
             deferred: Vec::new(),
             counters,
@@ -232,9 +243,8 @@ impl LocalCache {
                 refilled = true;
                 continue;
             };
-            let Some(meta) = self.table.lookup(addr) else {
+            let Some(meta) = self.lookup(addr) else {
                 // Only a block of a range removed since the last refresh can be missing.
-                self.counters.uncached(order, 1);
                 continue;
             };
             if !meta.publish(addr, order, slack, owned, inner.asymmetric) {
@@ -242,7 +252,6 @@ impl LocalCache {
                 continue;
             }
             let c = &*self.counters;
-            c.uncached(order, 1);
             bump(&c.live_blocks, 1);
             bump(&c.requested, request as u64);
             bump(&c.rounded, 1 << order);
@@ -256,8 +265,9 @@ impl LocalCache {
     #[inline]
     fn free(&mut self, inner: &Inner, addr: usize, allow_owned: bool) -> Option<TaggedBlock> {
         self.sync(inner);
-        let meta = self.table.lookup(addr)?;
+        let meta = self.lookup(addr)?;
         let block = meta.release(addr, allow_owned).ok()?;
+        let meta_id = meta.id;
         let c = &*self.counters;
         bump(&c.live_blocks, 1u64.wrapping_neg());
         bump(&c.requested, (block.requested() as u64).wrapping_neg());
@@ -265,15 +275,32 @@ impl LocalCache {
         if block.order <= CACHE_MAX_ORDER {
             let class = (block.order - MIN_ORDER) as usize;
             self.stacks[class].push(addr);
-            c.cached(block.order, 1);
             if self.stacks[class].len() > capacity(block.order) {
                 self.flush_class(inner, class);
             }
         } else {
-            let id = meta.id;
-            inner.with_heap(|heap, grave| heap.give_back(addr, block.order, Some(id), grave));
+            inner.with_heap(|heap, grave| heap.give_back(addr, block.order, Some(meta_id), grave));
         }
         Some(block)
+    }
+
+    /// The range that contains `addr`, from the hot range or the table.
+    #[inline(always)]
+    fn lookup(&mut self, addr: usize) -> Option<&RangeMeta> {
+        if addr.wrapping_sub(self.hot_start) >= self.hot_len {
+            self.heat(addr)?;
+        }
+        self.hot_meta.as_deref()
+    }
+
+    /// Makes the range that contains `addr` the hot one.
+    #[cold]
+    fn heat(&mut self, addr: usize) -> Option<()> {
+        let meta = self.table.lookup(addr)?.clone();
+        self.hot_start = meta.base;
+        self.hot_len = meta.len;
+        self.hot_meta = Some(meta);
+        Some(())
     }
 
     /// Takes the newest range table if the epoch moved.
@@ -297,20 +324,19 @@ impl LocalCache {
             return;
         }
         let old = std::mem::replace(&mut self.table, heap.table.clone());
+        self.hot_len = 0;
+        self.hot_meta = None;
         let new = &self.table;
         let same_range = |addr: usize| {
             let id = old.id_at(addr);
             id.is_some() && id == new.id_at(addr)
         };
-        for (class, stack) in self.stacks.iter_mut().enumerate() {
-            let before = stack.len();
+        for stack in self.stacks.iter_mut() {
             stack.retain(|&addr| same_range(addr));
-            let dropped = (before - stack.len()) as u64;
-            self.counters.uncached(MIN_ORDER + class as u32, dropped);
         }
         for (addr, order) in std::mem::take(&mut self.deferred) {
             if !same_range(addr) {
-                self.counters.uncached(order, 1);
+                // The range is gone, and the block with it.
             } else if new
                 .lookup(addr)
                 .is_some_and(|m| m.retired.load(Ordering::SeqCst))
@@ -339,7 +365,6 @@ impl LocalCache {
         if lent.is_err() {
             return false;
         }
-        self.counters.cached(order, fresh.len() as u64);
         bump(&self.counters.refills, 1);
         // Pop the lowest addresses first, which keeps allocations packed.
         let stack = &mut self.stacks[(order - MIN_ORDER) as usize];
@@ -358,7 +383,6 @@ impl LocalCache {
             for addr in stack.drain(..n) {
                 heap.give_back(addr, order, None, grave);
             }
-            self.counters.uncached(order, n as u64);
             bump(&self.counters.flushes, 1);
         });
     }
@@ -371,7 +395,6 @@ impl LocalCache {
         debug_assert!(self.deferred.is_empty());
         for (class, stack) in self.stacks.iter_mut().enumerate() {
             let order = MIN_ORDER + class as u32;
-            self.counters.uncached(order, stack.len() as u64);
             for addr in stack.drain(..) {
                 heap.give_back(addr, order, None, grave);
             }
@@ -396,12 +419,12 @@ mod tests {
     #[test]
     fn capacities_stay_within_bounds() {
         assert_eq!(capacity(MIN_ORDER), MAX_CAPACITY);
-        assert_eq!(capacity(12), 8);
+        assert_eq!(capacity(12), 32);
         assert_eq!(capacity(CACHE_MAX_ORDER), 1);
         let most: usize = (MIN_ORDER..=CACHE_MAX_ORDER)
             .map(|order| capacity(order) << order)
             .sum();
-        assert!(most < 5 << 19, "{most}");
+        assert!(most < 7 << 19, "{most}");
         for order in MIN_ORDER..=CACHE_MAX_ORDER {
             assert!((1..=capacity(order)).contains(&batch(order)));
         }

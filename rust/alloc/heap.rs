@@ -2,7 +2,7 @@
 //! structure, the index that picks a range for a request, the own chunks, and the counters of
 //! the blocks that the lock-free paths do not account for.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions};
@@ -33,8 +33,10 @@ struct Record {
     meta: Arc<RangeMeta>,
     buddy: Buddy,
     backing: Backing,
-    /// Bytes not in the buddy structure: live blocks and blocks lent to thread caches.
+    /// Bytes and blocks not in the buddy structure: live blocks, and free blocks sitting in
+    /// thread caches.
     out_bytes: usize,
+    out_blocks: usize,
     /// One bit per tag page that may hold the head tag of a live block. Removal only needs to
     /// read these pages to count the live blocks, however large the range is.
     touched: Vec<u64>,
@@ -96,8 +98,6 @@ pub(crate) struct Counters {
     pub(crate) live_blocks: u64,
     pub(crate) requested: u64,
     pub(crate) rounded: u64,
-    pub(crate) cached_blocks: u64,
-    pub(crate) cached_bytes: u64,
     pub(crate) hits: u64,
     pub(crate) refills: u64,
     pub(crate) flushes: u64,
@@ -108,8 +108,6 @@ impl Counters {
         self.live_blocks = self.live_blocks.wrapping_add(other.live_blocks);
         self.requested = self.requested.wrapping_add(other.requested);
         self.rounded = self.rounded.wrapping_add(other.rounded);
-        self.cached_blocks = self.cached_blocks.wrapping_add(other.cached_blocks);
-        self.cached_bytes = self.cached_bytes.wrapping_add(other.cached_bytes);
         self.hits = self.hits.wrapping_add(other.hits);
         self.refills = self.refills.wrapping_add(other.refills);
         self.flushes = self.flushes.wrapping_add(other.flushes);
@@ -140,10 +138,10 @@ pub(crate) struct Heap {
     by_order: Vec<SlotSet>,
     /// Bit `k` is set when some range has a free block of order `k`.
     order_mask: u64,
-    /// The published table and its epoch; `epoch_cell` mirrors the epoch for lock-free checks.
+    /// The published table and its epoch. The allocator copies the epoch to an atomic that
+    /// thread caches check without the lock, before it lets go of the lock.
     pub(crate) table: Arc<RangeTable>,
     pub(crate) epoch: u64,
-    epoch_cell: Arc<AtomicU64>,
     next_range_id: u64,
     /// Standard chunks that are entirely free.
     empty_chunks: usize,
@@ -157,7 +155,7 @@ pub(crate) struct Heap {
 }
 
 impl Heap {
-    pub(crate) fn new(config: AllocConfig, epoch_cell: Arc<AtomicU64>) -> Heap {
+    pub(crate) fn new(config: AllocConfig) -> Heap {
         Heap {
             config,
             slots: Vec::new(),
@@ -167,7 +165,6 @@ impl Heap {
             order_mask: 0,
             table: Arc::new(RangeTable::default()),
             epoch: 0,
-            epoch_cell,
             next_range_id: 1,
             empty_chunks: 0,
             chunk_bytes: 0,
@@ -220,7 +217,6 @@ impl Heap {
     /// Makes every thread cache look at the allocator again on its next operation.
     pub(crate) fn bump_epoch(&mut self) {
         self.epoch += 1;
-        self.epoch_cell.store(self.epoch, Ordering::Release);
     }
 
     /// Brings a new range under management. Checks are done by the caller.
@@ -245,6 +241,7 @@ impl Heap {
             buddy,
             backing,
             out_bytes: 0,
+            out_blocks: 0,
             touched: vec![0; tag_pages.div_ceil(64)],
         };
         let slot = match self.free_slots.pop() {
@@ -387,6 +384,7 @@ impl Heap {
             .alloc(order)
             .expect("the index only lists ranges with a large enough free block");
         rec.out_bytes += 1 << order;
+        rec.out_blocks += 1;
         rec.mark_touched(addr);
         if was_empty {
             self.empty_chunks -= 1;
@@ -419,6 +417,7 @@ impl Heap {
         let before = rec.buddy.nonempty();
         rec.buddy.free(addr, order);
         rec.out_bytes -= 1 << order;
+        rec.out_blocks -= 1;
         let now_empty = rec.buddy.is_empty();
         let chunk = match rec.backing {
             Backing::Chunk { standard, .. } => Some(standard),
@@ -580,7 +579,11 @@ impl Heap {
         self.slot_at(addr).map(|slot| self.record(slot).meta.info())
     }
 
-    /// A snapshot of the statistics; thread cache counters are added by the caller.
+    /// A snapshot of the statistics, with the counters of every thread cache added in.
+    ///
+    /// Every block out of a buddy structure is either live or free in a thread cache, so the
+    /// cached figures are what the ranges have out minus what is live; thread caches need not
+    /// count them on every operation.
     pub(crate) fn stats(&self) -> AllocStats {
         let mut totals = self.counters;
         for cache in &self.caches {
@@ -598,6 +601,8 @@ impl Heap {
                 }
             })
             .collect();
+        let out_blocks: usize = self.slots.iter().flatten().map(|rec| rec.out_blocks).sum();
+        let out_bytes: usize = ranges.iter().map(|r| r.used_bytes).sum();
         let sum = |kind: Option<RangeKind>| {
             ranges
                 .iter()
@@ -616,8 +621,8 @@ impl Heap {
             live_blocks: totals.live_blocks,
             requested_bytes: totals.requested,
             allocated_bytes: totals.rounded,
-            cached_blocks: totals.cached_blocks,
-            cached_bytes: totals.cached_bytes,
+            cached_blocks: (out_blocks as u64).saturating_sub(totals.live_blocks),
+            cached_bytes: (out_bytes as u64).saturating_sub(totals.rounded),
             cache_hits: totals.hits,
             cache_refills: totals.refills,
             cache_flushes: totals.flushes,

@@ -352,17 +352,25 @@ pub(crate) struct Inner {
     id: u64,
     config: AllocConfig,
     /// Bumped whenever the set of ranges changes; thread caches compare it on every operation.
-    epoch: Arc<AtomicU64>,
+    epoch: AtomicU64,
     /// Whether removal issues a process-wide barrier, so publishing needs no fence of its own.
     asymmetric: bool,
     heap: Mutex<Heap>,
 }
 
 impl Inner {
-    /// Runs `f` under the lock and drops whatever it buried only after unlocking.
+    /// Runs `f` under the lock, publishes the epoch if `f` moved it, and drops whatever `f`
+    /// buried only after unlocking. Everything that changes the heap goes through here.
     fn with_heap<R>(&self, f: impl FnOnce(&mut Heap, &mut Graveyard) -> R) -> R {
         let mut grave = Graveyard::new();
-        let result = f(&mut self.heap.lock(), &mut grave);
+        let result = {
+            let mut heap = self.heap.lock();
+            let result = f(&mut heap, &mut grave);
+            if heap.epoch != self.epoch.load(Ordering::Relaxed) {
+                self.epoch.store(heap.epoch, Ordering::Release);
+            }
+            result
+        };
         drop(grave);
         result
     }
@@ -428,12 +436,11 @@ impl UntrustedAllocator {
                 config.chunk_size
             )));
         }
-        let epoch = Arc::new(AtomicU64::new(0));
         let inner = Inner {
             id: NEXT_ALLOCATOR_ID.fetch_add(1, Ordering::Relaxed),
             config,
-            heap: Mutex::new(Heap::new(config, epoch.clone())),
-            epoch,
+            heap: Mutex::new(Heap::new(config)),
+            epoch: AtomicU64::new(0),
             asymmetric: fence::asymmetric(),
         };
         Ok(UntrustedAllocator {

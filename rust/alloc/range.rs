@@ -120,7 +120,7 @@ impl RangeMeta {
 
     /// Writes the tags of a live block. The head is written last, with release ordering, so
     /// whoever reads it also sees the slack.
-    #[inline]
+    #[inline(always)]
     fn write_tags(&self, addr: usize, order: u32, slack: u64, owned: bool) -> &AtomicU16 {
         let tags = self.tags.tags();
         let i = self.tag_index(addr);
@@ -156,7 +156,7 @@ impl RangeMeta {
     /// pair between write and read on both sides (see [`fence`](super::fence)), so at least one
     /// side sees the other: either this call withdraws, or the removal counts the block as live
     /// and refuses. `asymmetric` is [`fence::asymmetric()`](super::fence::asymmetric).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn publish(
         &self,
         addr: usize,
@@ -177,7 +177,7 @@ impl RangeMeta {
     /// Ends the life of the block that starts at `addr`, if there is one.
     ///
     /// Exactly one of several racing calls for the same block succeeds.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(&self, addr: usize, allow_owned: bool) -> Result<TaggedBlock, Refusal> {
         if !self.contains(addr) || addr % MIN_BLOCK != 0 {
             return Err(Refusal::NotLive);

@@ -843,7 +843,11 @@ proptest! {
                         Err(e) => prop_assert!(false, "unexpected {}", e),
                     }
                 }
-                Op::Flush => alloc.flush_thread_cache(),
+                Op::Flush => {
+                    alloc.flush_thread_cache();
+                    let stats = alloc.stats();
+                    prop_assert_eq!((stats.cached_blocks, stats.cached_bytes), (0, 0));
+                }
             }
             let stats = alloc.stats();
             prop_assert_eq!(stats.live_blocks, live.len() as u64);
