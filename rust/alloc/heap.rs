@@ -319,14 +319,19 @@ impl Heap {
         }
     }
 
-    /// Removes an inserted range if no block in it is live.
+    /// Removes an inserted range if no block in it is live. With `id`, only the range of that
+    /// identity is removed.
     pub(crate) fn remove(
         &mut self,
         start: usize,
+        id: Option<u64>,
     ) -> Result<(RangeInfo, Option<RangeOwner>), AllocError> {
         let slot = self
             .slot_at(start)
-            .filter(|&slot| self.record(slot).meta.base == start)
+            .filter(|&slot| {
+                let meta = &self.record(slot).meta;
+                meta.base == start && id.is_none_or(|id| id == meta.id)
+            })
             .ok_or(AllocError::UnknownRange { start })?;
         let rec = self.record(slot);
         if rec.meta.kind != RangeKind::Inserted {

@@ -203,7 +203,6 @@ impl AllocError {
             self,
             AllocError::OutOfMemory { .. }
                 | AllocError::Bookkeeping(_)
-                | AllocError::SizeOverflow { .. }
                 | AllocError::Storage(StorageError::Map { .. })
         )
     }
@@ -453,6 +452,11 @@ impl UntrustedAllocator {
         self.inner.config
     }
 
+    /// An identifier unique among the allocators of this process.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
     /// Allocates `size` bytes aligned to `align` and returns the block's start.
     ///
     /// The memory is untrusted and its contents arbitrary. Give it back with
@@ -589,7 +593,19 @@ impl UntrustedAllocator {
     pub fn remove_range(&self, start: *const u8) -> Result<RemovedRange, AllocError> {
         let (range, owner) = self
             .inner
-            .with_heap(|heap, _| heap.remove(start as usize))?;
+            .with_heap(|heap, _| heap.remove(start as usize, None))?;
+        Ok(RemovedRange { range, owner })
+    }
+
+    /// Removes exactly the range `range` describes, as [`UntrustedAllocator::remove_range`]
+    /// does.
+    ///
+    /// A range removed earlier is unknown even if another range now starts at the same address,
+    /// so a stale description can never remove someone else's range.
+    pub fn remove_exact(&self, range: &RangeInfo) -> Result<RemovedRange, AllocError> {
+        let (range, owner) = self
+            .inner
+            .with_heap(|heap, _| heap.remove(range.start, Some(range.id)))?;
         Ok(RemovedRange { range, owner })
     }
 

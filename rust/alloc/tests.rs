@@ -154,7 +154,7 @@ fn bad_requests_are_errors() {
     ] {
         let err = alloc.allocate(size, align).unwrap_err();
         assert!(matches!(err, AllocError::SizeOverflow { .. }), "{err}");
-        assert!(err.is_out_of_memory());
+        assert!(!err.is_out_of_memory());
     }
     // A request the kernel cannot satisfy is an error, and the allocator goes on working.
     let err = alloc.allocate(1 << 60, 8).unwrap_err();
@@ -357,6 +357,27 @@ fn removal_waits_for_live_blocks_and_drops_the_owner() {
             Err(AllocError::UnknownRange { .. })
         ));
     }
+}
+
+#[test]
+fn exact_removal_refuses_a_stale_description() {
+    let alloc = inserted_only(true);
+    let (map, ptr) = mapping(64 << 10);
+    // SAFETY: `map` outlives every use of the range in this test.
+    let first = unsafe { alloc.insert_range(ptr, 64 << 10, None) }.unwrap();
+    alloc.remove_exact(&first).unwrap();
+    // SAFETY: as above; the same memory comes back as a new range.
+    let second = unsafe { alloc.insert_range(ptr, 64 << 10, None) }.unwrap();
+    assert_eq!(second.start, first.start);
+    assert_ne!(second.id, first.id);
+    assert!(matches!(
+        alloc.remove_exact(&first),
+        Err(AllocError::UnknownRange { .. })
+    ));
+    assert!(alloc.owns(ptr));
+    assert_eq!(alloc.remove_exact(&second).unwrap().range, second);
+    assert!(!alloc.owns(ptr));
+    drop(map);
 }
 
 #[test]
