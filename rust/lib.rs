@@ -21,6 +21,12 @@ fn _native(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         .install()
         .ok();
     m.add_class::<py::storage::PyUntrustedStorage>()?;
+    m.add_class::<py::alloc::PyUntrustedAllocator>()?;
+    m.add_class::<py::alloc::PyAllocation>()?;
+    m.add_class::<py::alloc::PyRangeHandle>()?;
+    m.add_class::<py::alloc::PyAddressInfo>()?;
+    m.add_class::<py::alloc::PyRangeStats>()?;
+    m.add_class::<py::alloc::PyAllocatorStats>()?;
     m.add_function(wrap_pyfunction!(py::storage::allocated_bytes, m)?)?;
     Ok(())
 }

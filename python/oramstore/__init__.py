@@ -5,27 +5,47 @@ The package is layered; a program may stop at any layer:
 * :class:`UntrustedStorage` -- fixed-size items in lazily mapped host memory, moved in batches.
 * :class:`TreeStorage` -- a tree of buckets over it, encrypted, authenticated and fresh.
 * :class:`PathORAM` -- an oblivious block store over the tree.
+
+:class:`UntrustedAllocator` manages the untrusted memory that storages may be placed in,
+including ranges that come from elsewhere (device memory, shared memory, mapped files).
 """
 
 from __future__ import annotations
 
-from oramstore._native import UntrustedStorage, allocated_bytes
+from oramstore._native import (
+    AddressInfo,
+    Allocation,
+    AllocatorStats,
+    RangeHandle,
+    RangeStats,
+    UntrustedAllocator,
+    UntrustedStorage,
+    allocated_bytes,
+)
 from oramstore.enclave import TreeStorage
 from oramstore.errors import (
     IntegrityError,
     OramStoreError,
+    RangeInUseError,
     StashOverflowError,
     StorageReleasedError,
 )
 from oramstore.oram import PathORAM
 
 __all__ = [
+    "AddressInfo",
+    "Allocation",
+    "AllocatorStats",
     "IntegrityError",
     "OramStoreError",
     "PathORAM",
+    "RangeHandle",
+    "RangeInUseError",
+    "RangeStats",
     "StashOverflowError",
     "StorageReleasedError",
     "TreeStorage",
+    "UntrustedAllocator",
     "UntrustedStorage",
     "allocated_bytes",
 ]

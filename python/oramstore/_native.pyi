@@ -13,7 +13,16 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import Buffer
 
-__all__ = ["UntrustedStorage", "allocated_bytes"]
+__all__ = [
+    "AddressInfo",
+    "Allocation",
+    "AllocatorStats",
+    "RangeHandle",
+    "RangeStats",
+    "UntrustedAllocator",
+    "UntrustedStorage",
+    "allocated_bytes",
+]
 
 _Bytes: TypeAlias = Buffer | npt.NDArray[Any]
 """Any C-contiguous buffer; numpy arrays are listed because their stubs only declare the buffer
@@ -43,7 +52,23 @@ class UntrustedStorage:
         TypeError: a size is not an int.
     """
 
-    def __new__(cls, count: int, data_size: int, meta_size: int) -> Self: ...
+    def __new__(
+        cls,
+        count: int,
+        data_size: int,
+        meta_size: int,
+        *,
+        allocator: UntrustedAllocator | None = None,
+    ) -> Self:
+        """With ``allocator``, both segments are blocks of that :class:`UntrustedAllocator`
+        instead of fresh mappings. The metadata segment is then zeroed once here, since the
+        allocator's memory may hold anything; the data segment still gets no initialising pass.
+        The storage keeps the allocator alive, and its blocks keep their range from being
+        removed, until the storage is released.
+
+        Raises:
+            MemoryError: the allocator has no room and may map no more memory.
+        """
     @property
     def count(self) -> int:
         """Number of items."""
@@ -114,3 +139,229 @@ class UntrustedStorage:
 
 def allocated_bytes() -> int:
     """Bytes of segments held by all live storages of this process (virtual, both segments)."""
+
+@final
+class UntrustedAllocator:
+    """An allocator of untrusted memory, over chunks it maps itself and ranges inserted by the
+    caller (device buffers, shared memory, mapped files).
+
+    Blocks are powers of two from 16 bytes up, split and merged buddy-fashion, and aligned to
+    their size. All bookkeeping lives in the allocator's own memory, never in the ranges it
+    manages, so rewriting untrusted memory cannot steer it. Blocks up to 1 MiB go through
+    per-thread caches; a block may be freed on any thread.
+
+    Own chunks are ``chunk_size`` bytes (a larger request gets a chunk of its own); empty ones
+    are given back to the kernel, except one kept in reserve.
+
+    Args:
+        chunk_size: bytes of each own chunk, a power of two of at least 64 KiB.
+        chunk_limit: the most bytes of own chunks mapped at once; ``0`` serves only inserted
+            ranges. No limit by default.
+
+    Raises:
+        ValueError: ``chunk_size`` is not a power of two of at least 64 KiB.
+    """
+
+    def __new__(cls, chunk_size: int = 16777216, *, chunk_limit: int | None = None) -> Self: ...
+    @property
+    def chunk_size(self) -> int:
+        """Bytes of each own chunk."""
+    @property
+    def chunk_limit(self) -> int | None:
+        """The most bytes of own chunks mapped at once, or ``None`` for no limit."""
+    def alloc(self, size: int, align: int = 16) -> Allocation:
+        """Allocate ``size`` bytes aligned to ``align`` bytes. The contents are arbitrary.
+
+        Raises:
+            ValueError: ``size`` is zero or negative, ``align`` is not a power of two, or the
+                block they need does not fit the address space.
+            MemoryError: no managed range has room and no chunk may or can be mapped.
+        """
+    def insert_range(self, buffer: _Bytes) -> RangeHandle:
+        """Manage the memory of ``buffer`` (an ``mmap.mmap``, a numpy array, ...) as well.
+
+        The buffer must be writable and C-contiguous, and its start and length multiples of 16
+        bytes. The allocator holds a view of it until the range is removed, so the exporter
+        can neither close nor resize it meanwhile.
+
+        Raises:
+            TypeError: ``buffer`` is read-only or not a buffer.
+            ValueError: the buffer is empty, not C-contiguous, not aligned, or overlaps a range
+                the allocator already manages.
+        """
+    def insert_range_raw(self, address: int, length: int) -> RangeHandle:
+        """Manage ``length`` bytes at ``address``, memory that some foreign library mapped.
+
+        Nothing keeps that memory alive: the caller must keep it mapped, readable and writable
+        until the range is removed (or the allocator dropped). A range that is not entirely
+        mapped is refused; one that is mapped without write access is not detected.
+
+        Raises:
+            ValueError: the range is empty, not aligned to 16 bytes, not entirely mapped, or
+                overlaps a managed range.
+        """
+    def remove_range(self, handle: RangeHandle) -> None:
+        """Stop managing an inserted range and release the buffer it came from.
+
+        Nothing is ever served from the range afterwards.
+
+        Raises:
+            RangeInUseError: blocks in the range are still allocated (``live_blocks`` says how
+                many).
+            ValueError: the range was already removed, belongs to another allocator, or is one
+                of the allocator's own chunks.
+        """
+    def owns(self, address: int) -> bool:
+        """Whether ``address`` lies in a range this allocator manages."""
+    def find(self, address: int) -> AddressInfo | None:
+        """The managed range that contains ``address`` and the live block that contains it, or
+        ``None`` if no managed range does."""
+    def stats(self) -> AllocatorStats:
+        """A snapshot of the allocator's statistics."""
+    def flush_thread_cache(self) -> None:
+        """Give the calling thread's cached free blocks back to the shared structure.
+
+        Never needed for correctness; it lets empty chunks go back to the kernel sooner.
+        """
+
+@final
+class Allocation:
+    """A block of an :class:`UntrustedAllocator`, usable wherever a writable buffer is, for
+    example ``numpy.frombuffer(blk, dtype=numpy.uint8)``.
+
+    The block is freed by :meth:`free`, or when the object is garbage collected. While a
+    memoryview or numpy array of it is alive it cannot be freed, so no view ever points to
+    freed memory. After :meth:`free`, every use raises ``ValueError``.
+    """
+
+    @property
+    def address(self) -> int:
+        """Address of the first byte."""
+    @property
+    def size(self) -> int:
+        """Bytes asked for; the buffer has exactly this many."""
+    @property
+    def freed(self) -> bool:
+        """Whether :meth:`free` has been called."""
+    def __len__(self) -> int:
+        """Bytes asked for."""
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+    def free(self) -> None:
+        """Give the block back to its allocator now.
+
+        Raises:
+            ValueError: the allocation was already freed.
+            BufferError: a memoryview or numpy array of the block is still alive.
+        """
+
+@final
+class RangeHandle:
+    """A range managed by an :class:`UntrustedAllocator`, as returned by
+    :meth:`UntrustedAllocator.insert_range` and :meth:`UntrustedAllocator.find`.
+
+    Handles compare equal when they name the same range; a range inserted again after its
+    removal gets a new identity.
+    """
+
+    @property
+    def id(self) -> int:
+        """An identifier unique within the allocator."""
+    @property
+    def start(self) -> int:
+        """Address of the first byte."""
+    @property
+    def length(self) -> int:
+        """Length in bytes."""
+    @property
+    def end(self) -> int:
+        """Address one past the last byte."""
+    @property
+    def inserted(self) -> bool:
+        """True for an inserted range, false for one of the allocator's own chunks."""
+    def __eq__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class AddressInfo:
+    """What :meth:`UntrustedAllocator.find` knows about an address."""
+
+    @property
+    def range(self) -> RangeHandle:
+        """The managed range that contains the address."""
+    @property
+    def block(self) -> tuple[int, int] | None:
+        """``(start, size)`` of the live block that contains the address, ``None`` if it lies
+        in free memory. ``size`` is the block's full size, the request rounded up to a power of
+        two."""
+
+@final
+class RangeStats:
+    """Statistics of one managed range."""
+
+    @property
+    def range(self) -> RangeHandle:
+        """The range."""
+    @property
+    def free_bytes(self) -> int:
+        """Bytes in free blocks."""
+    @property
+    def used_bytes(self) -> int:
+        """Bytes in live blocks and in free blocks held by thread caches."""
+
+@final
+class AllocatorStats:
+    """A snapshot of an :class:`UntrustedAllocator`'s statistics.
+
+    While other threads allocate, the numbers are a moment's approximation. When they are
+    quiet, ``free_bytes + allocated_bytes + cached_bytes == managed_bytes``.
+    """
+
+    @property
+    def ranges(self) -> tuple[RangeStats, ...]:
+        """Every managed range, by address."""
+    @property
+    def managed_bytes(self) -> int:
+        """Bytes of all managed ranges."""
+    @property
+    def inserted_bytes(self) -> int:
+        """Bytes of inserted ranges."""
+    @property
+    def chunk_bytes(self) -> int:
+        """Bytes of own chunks."""
+    @property
+    def free_bytes(self) -> int:
+        """Bytes in free blocks of all ranges."""
+    @property
+    def chunks(self) -> int:
+        """Own chunks mapped now."""
+    @property
+    def chunks_mapped(self) -> int:
+        """Own chunks mapped since the allocator was created."""
+    @property
+    def chunks_released(self) -> int:
+        """Own chunks given back since the allocator was created."""
+    @property
+    def live_blocks(self) -> int:
+        """Allocated blocks."""
+    @property
+    def requested_bytes(self) -> int:
+        """Bytes asked for by the allocated blocks."""
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes of the allocated blocks, each rounded up to its power-of-two size."""
+    @property
+    def cached_blocks(self) -> int:
+        """Free blocks held by thread caches."""
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of the free blocks held by thread caches."""
+    @property
+    def cache_hits(self) -> int:
+        """Allocations a thread cache served without refilling."""
+    @property
+    def cache_refills(self) -> int:
+        """Batches thread caches fetched from the shared structure."""
+    @property
+    def cache_flushes(self) -> int:
+        """Batches thread caches gave back to the shared structure."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "IntegrityError",
     "OramStoreError",
+    "RangeInUseError",
     "StashOverflowError",
     "StorageReleasedError",
 ]
@@ -21,6 +22,18 @@ class OramStoreError(Exception):
 
 class StorageReleasedError(OramStoreError, ValueError):
     """A storage (or a structure built on it) was used after it was released or closed."""
+
+
+class RangeInUseError(OramStoreError, ValueError):
+    """An inserted memory range cannot be removed because blocks in it are still allocated.
+
+    Attributes:
+        live_blocks: how many blocks of the range were live when the removal was refused.
+    """
+
+    def __init__(self, message: str, *, live_blocks: int) -> None:
+        super().__init__(message)
+        self.live_blocks = live_blocks
 
 
 class IntegrityError(OramStoreError):

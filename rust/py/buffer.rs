@@ -77,6 +77,54 @@ impl<'py> ByteBuffer<'py> {
     }
 }
 
+impl ByteBuffer<'_> {
+    /// Keeps the view beyond the interpreter lock's scope, for memory that must stay exported
+    /// (and so mapped and unresized) for as long as some Rust structure uses it.
+    pub fn hold(self) -> HeldBuffer {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so the view moves out exactly once and is released
+        // by the `HeldBuffer` instead.
+        let view = unsafe { std::ptr::read(&this.view) };
+        HeldBuffer { view }
+    }
+}
+
+/// A buffer view that is not tied to the interpreter lock: it may be moved to and dropped on
+/// any thread, and takes the lock to release the view.
+pub struct HeldBuffer {
+    view: Box<ffi::Py_buffer>,
+}
+
+// SAFETY: the view is only read (for its pointer and length) without the lock, and released
+// with the lock held; the exporter keeps the memory valid until then, whichever thread holds it.
+unsafe impl Send for HeldBuffer {}
+// SAFETY: see `Send`; shared references give out nothing but the pointer and length.
+unsafe impl Sync for HeldBuffer {}
+
+impl HeldBuffer {
+    /// The first byte of the buffer.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.view.buf.cast()
+    }
+
+    /// The buffer's length in bytes.
+    pub fn len(&self) -> usize {
+        self.view.len as usize
+    }
+}
+
+impl Drop for HeldBuffer {
+    fn drop(&mut self) {
+        // An interpreter that is shutting down cannot be attached to; the view is then left to
+        // the process's exit rather than released without the lock.
+        Python::try_attach(|_| {
+            // SAFETY: the view was filled in by a successful PyObject_GetBuffer and is released
+            // exactly once, with the lock held.
+            unsafe { ffi::PyBuffer_Release(&mut *self.view) };
+        });
+    }
+}
+
 impl Drop for ByteBuffer<'_> {
     fn drop(&mut self) {
         // SAFETY: the view was filled in by a successful PyObject_GetBuffer and is released

@@ -5,11 +5,15 @@
 //! `MemoryError` when the kernel refuses memory).
 
 use pyo3::exceptions::{PyIndexError, PyMemoryError, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::IntoPyDict;
 use pyo3::PyErr;
 
+use crate::alloc::AllocError;
 use crate::storage::StorageError;
 
 pyo3::import_exception!(oramstore.errors, StorageReleasedError);
+pyo3::import_exception!(oramstore.errors, RangeInUseError);
 
 impl From<StorageError> for PyErr {
     fn from(err: StorageError) -> PyErr {
@@ -28,4 +32,44 @@ impl From<StorageError> for PyErr {
             | StorageError::RegionTooSmall { .. } => PyValueError::new_err(text),
         }
     }
+}
+
+impl From<AllocError> for PyErr {
+    fn from(err: AllocError) -> PyErr {
+        let text = err.to_string();
+        match err {
+            AllocError::Storage(err) => err.into(),
+            AllocError::RangeBusy { live, .. } => range_in_use(text, live),
+            AllocError::OutOfMemory { .. } | AllocError::Bookkeeping(_) => {
+                PyMemoryError::new_err(text)
+            }
+            AllocError::ZeroSize
+            | AllocError::BadAlignment { .. }
+            | AllocError::SizeOverflow { .. }
+            | AllocError::UnknownAddress { .. }
+            | AllocError::NotLive { .. }
+            | AllocError::OwnedByBlock { .. }
+            | AllocError::UnalignedRange { .. }
+            | AllocError::EmptyRange
+            | AllocError::RangeOverflow { .. }
+            | AllocError::RangeOverlaps { .. }
+            | AllocError::UnknownRange { .. }
+            | AllocError::NotInserted { .. }
+            | AllocError::BadConfig(_) => PyValueError::new_err(text),
+        }
+    }
+}
+
+/// `RangeInUseError(text, live_blocks=live)`, or whatever went wrong building it.
+fn range_in_use(text: String, live: usize) -> PyErr {
+    Python::attach(|py| {
+        let built = [("live_blocks", live)].into_py_dict(py).and_then(|kwargs| {
+            py.get_type::<RangeInUseError>()
+                .call((text,), Some(&kwargs))
+        });
+        match built {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(err) => err,
+        }
+    })
 }

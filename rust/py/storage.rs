@@ -5,6 +5,7 @@ use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use super::alloc::PyUntrustedAllocator;
 use super::arrays::empty_u8;
 use super::buffer::ByteBuffer;
 use super::indices::indices_from;
@@ -92,16 +93,25 @@ impl PyUntrustedStorage {
 #[pymethods]
 impl PyUntrustedStorage {
     #[new]
+    #[pyo3(signature = (count, data_size, meta_size, *, allocator = None))]
     fn new(
         py: Python<'_>,
         count: &Bound<'_, PyAny>,
         data_size: &Bound<'_, PyAny>,
         meta_size: &Bound<'_, PyAny>,
+        allocator: Option<&Bound<'_, PyUntrustedAllocator>>,
     ) -> PyResult<Self> {
         let count = size_arg(count, "count")?;
         let data_size = size_arg(data_size, "data_size")?;
         let meta_size = size_arg(meta_size, "meta_size")?;
-        let inner = py.detach(|| Storage::new(count, data_size, meta_size))?;
+        let inner = match allocator {
+            None => py.detach(|| Storage::new(count, data_size, meta_size))?,
+            // The storage's blocks hold the allocator, so it outlives the Python object.
+            Some(allocator) => {
+                let allocator = allocator.get().allocator();
+                py.detach(|| allocator.place_storage(count, data_size, meta_size))?
+            }
+        };
         Ok(PyUntrustedStorage { inner })
     }
 
