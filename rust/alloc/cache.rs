@@ -1,7 +1,7 @@
 //! Per-thread caches of small blocks.
 //!
 //! Each thread keeps, for each allocator it has used, a stack of free blocks per small order
-//! (16 bytes to 4 KiB). The blocks were lent by the shared buddy structure in batches under the
+//! (16 bytes to 1 MiB). The blocks were lent by the shared buddy structure in batches under the
 //! lock; handing one out and taking one back needs no lock: only the block's tag (see
 //! [`range`](super::range)) is updated with one atomic instruction, which is also what proves a
 //! freed address is live. A block freed on another thread goes to that thread's cache, so
@@ -42,8 +42,26 @@ const MAX_CAPACITY: usize = 512;
 /// How many blocks of `order` a cache holds before it gives some back.
 #[inline]
 fn capacity(order: u32) -> usize {
-    (CLASS_BYTES >> order).clamp(1, MAX_CAPACITY)
+    CAPACITIES[(order - MIN_ORDER) as usize] as usize
 }
+
+/// [`capacity`] of every cached order, looked up on every free.
+const CAPACITIES: [u16; CLASSES] = {
+    let mut table = [0; CLASSES];
+    let mut class = 0;
+    while class < CLASSES {
+        let blocks = CLASS_BYTES >> (MIN_ORDER as usize + class);
+        table[class] = if blocks < 1 {
+            1
+        } else if blocks > MAX_CAPACITY {
+            MAX_CAPACITY as u16
+        } else {
+            blocks as u16
+        };
+        class += 1;
+    }
+    table
+};
 
 /// How many blocks a refill fetches and a flush returns.
 #[inline]
@@ -232,6 +250,32 @@ impl LocalCache {
     #[inline]
     fn alloc(&mut self, inner: &Inner, order: u32, request: usize, owned: bool) -> Option<usize> {
         self.sync(inner);
+        // The common case, kept free of the retry loop's setup: the top block of the stack
+        // lies in the hot range, and that range is not being removed.
+        let class = (order - MIN_ORDER) as usize;
+        if let Some(addr) = self.stacks[class].pop() {
+            if let Some(meta) = self.hot(addr) {
+                let slack = ((1usize << order) - request) as u64;
+                if meta.publish(addr, order, slack, owned, inner.asymmetric) {
+                    self.count_alloc(order, request, true);
+                    return Some(addr);
+                }
+            }
+            // Popping made room, so this push cannot reallocate.
+            self.stacks[class].push(addr);
+        }
+        self.alloc_slow(inner, order, request, owned)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(
+        &mut self,
+        inner: &Inner,
+        order: u32,
+        request: usize,
+        owned: bool,
+    ) -> Option<usize> {
         let class = (order - MIN_ORDER) as usize;
         let slack = ((1usize << order) - request) as u64;
         let mut refilled = false;
@@ -251,14 +295,19 @@ impl LocalCache {
                 self.deferred.push((addr, order));
                 continue;
             }
-            let c = &*self.counters;
-            bump(&c.live_blocks, 1);
-            bump(&c.requested, request as u64);
-            bump(&c.rounded, 1 << order);
-            if !refilled {
-                bump(&c.hits, 1);
-            }
+            self.count_alloc(order, request, !refilled);
             return Some(addr);
+        }
+    }
+
+    #[inline(always)]
+    fn count_alloc(&self, order: u32, request: usize, hit: bool) {
+        let c = &*self.counters;
+        bump(&c.live_blocks, 1);
+        bump(&c.requested, request as u64);
+        bump(&c.rounded, 1 << order);
+        if hit {
+            bump(&c.hits, 1);
         }
     }
 
@@ -282,6 +331,16 @@ impl LocalCache {
             inner.with_heap(|heap, grave| heap.give_back(addr, block.order, Some(meta_id), grave));
         }
         Some(block)
+    }
+
+    /// The hot range, if it contains `addr`.
+    #[inline(always)]
+    fn hot(&self, addr: usize) -> Option<&RangeMeta> {
+        if addr.wrapping_sub(self.hot_start) < self.hot_len {
+            self.hot_meta.as_deref()
+        } else {
+            None
+        }
     }
 
     /// The range that contains `addr`, from the hot range or the table.

@@ -65,6 +65,8 @@ pub const DEFAULT_CHUNK_SIZE: usize = 16 << 20;
 pub const STORAGE_ALIGN: usize = 64;
 
 const MIN_ORDER: u32 = 4;
+/// The order of the largest block that can be asked for: 2^62 bytes (`isize::MAX / 2 + 1`).
+const MAX_ORDER: u32 = 62;
 /// The smallest chunk size accepted; smaller chunks would make the bookkeeping dominate.
 const MIN_CHUNK_SIZE: usize = 64 << 10;
 
@@ -407,14 +409,16 @@ fn order_for(size: usize, align: usize) -> Result<u32, AllocError> {
     if !align.is_power_of_two() {
         return Err(AllocError::BadAlignment { align });
     }
-    let block = size
-        .checked_next_power_of_two()
-        .filter(|&b| b <= isize::MAX as usize / 2 + 1)
-        .ok_or(AllocError::SizeOverflow { size, align })?;
-    if align > isize::MAX as usize / 2 + 1 {
+    // `align` is a power of two, so the smallest power of two that is at least `size` and at
+    // least `align` is the one at least `max(size, align)`; its order is the bit length of
+    // `max(size, align) - 1` (which cannot underflow, as `size > 0`).
+    let order = usize::BITS - (size.max(align) - 1).leading_zeros();
+    if order > MAX_ORDER {
+        // Built only here: an error built eagerly would be constructed and dropped, an
+        // out-of-line call, on every allocation.
         return Err(AllocError::SizeOverflow { size, align });
     }
-    Ok(block.max(align).trailing_zeros().max(MIN_ORDER))
+    Ok(order.max(MIN_ORDER))
 }
 
 impl UntrustedAllocator {

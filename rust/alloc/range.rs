@@ -14,7 +14,8 @@
 //! - a range may only be removed when none of its tags has `START` set.
 //!
 //! For blocks of more than 2^8 bytes the slack does not fit in the head tag; it is kept in the
-//! next five tags of the block, 15 bits each, so that `START` stays clear in them.
+//! next tag of the block (up to 2^15 bytes) or the next five, 15 bits each, so that `START`
+//! stays clear in them.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
@@ -130,15 +131,28 @@ impl RangeMeta {
         }
         if order <= INLINE_MAX_ORDER {
             head |= slack as u16 & INLINE_SLACK_MASK;
+        } else if order <= EXTRA_BITS {
+            // The slack is less than the block size, 2^15 at most: one tag, `START` clear.
+            tags[i + 1].store(slack as u16, Ordering::Relaxed);
         } else {
-            for (k, tag) in tags[i + 1..i + 1 + EXTRA_TAGS].iter().enumerate() {
-                let part = (slack >> (EXTRA_BITS * k as u32)) as u16 & !START;
-                tag.store(part, Ordering::Relaxed);
-            }
+            self.write_slack(i, slack);
         }
         let tag = &tags[i];
         tag.store(head, Ordering::Release);
         tag
+    }
+
+    /// Writes the slack of a block larger than 2^15 bytes into the tags after its head. Kept out
+    /// of line so that the paths of smaller blocks do not carry its setup.
+    #[inline(never)]
+    fn write_slack(&self, i: usize, slack: u64) {
+        for (k, tag) in self.tags.tags()[i + 1..i + 1 + EXTRA_TAGS]
+            .iter()
+            .enumerate()
+        {
+            let part = (slack >> (EXTRA_BITS * k as u32)) as u16 & !START;
+            tag.store(part, Ordering::Relaxed);
+        }
     }
 
     /// Marks the block live while holding the allocator's lock, under which no removal is
@@ -179,10 +193,13 @@ impl RangeMeta {
     /// Exactly one of several racing calls for the same block succeeds.
     #[inline(always)]
     pub(crate) fn release(&self, addr: usize, allow_owned: bool) -> Result<TaggedBlock, Refusal> {
-        if !self.contains(addr) || addr % MIN_BLOCK != 0 {
+        // An address inside a granule finds that granule's tag; `decode` then refuses it, as it
+        // is not aligned to the order of a block starting there.
+        let offset = addr.wrapping_sub(self.base);
+        if offset >= self.len {
             return Err(Refusal::NotLive);
         }
-        let tag = &self.tags.tags()[self.tag_index(addr)];
+        let tag = &self.tags.tags()[offset / MIN_BLOCK];
         let head = tag.load(Ordering::Acquire);
         let block = self.decode(addr, head).ok_or(Refusal::NotLive)?;
         if block.owned && !allow_owned {
@@ -263,6 +280,9 @@ impl RangeMeta {
         }
         let tags = self.tags.tags();
         let i = self.tag_index(start);
+        if order <= EXTRA_BITS {
+            return tags[i + 1].load(Ordering::Relaxed) as u64;
+        }
         tags[i + 1..i + 1 + EXTRA_TAGS]
             .iter()
             .enumerate()
