@@ -372,15 +372,30 @@ impl Heap {
     /// Takes a free block of `order` from the best-fitting range, mapping a chunk if none has
     /// one. Returns the block's range and address.
     fn take_block(&mut self, order: u32, request: usize) -> Result<(usize, usize), AllocError> {
+        match self.free_slot(order) {
+            Some(slot) => Ok(self.take_from(slot, order)),
+            None => {
+                let slot = self.map_chunk(order, request)?;
+                Ok(self.take_from(slot, order))
+            }
+        }
+    }
+
+    /// The best-fitting range with a free block of at least `order`, if any.
+    fn free_slot(&self, order: u32) -> Option<usize> {
         let candidates = self.order_mask & (u64::MAX << order);
-        let slot = if candidates == 0 {
-            self.map_chunk(order, request)?
-        } else {
-            let best = candidates.trailing_zeros();
-            self.by_order[best as usize]
-                .first()
-                .expect("the order mask matches the per-order index")
-        };
+        if candidates == 0 {
+            return None;
+        }
+        let best = candidates.trailing_zeros();
+        let slot = self.by_order[best as usize]
+            .first()
+            .expect("the order mask matches the per-order index");
+        Some(slot)
+    }
+
+    /// Takes a block of `order` from the range in `slot`, which has one free.
+    fn take_from(&mut self, slot: usize, order: u32) -> (usize, usize) {
         let rec = self.record_mut(slot);
         let was_empty = rec.is_standard_chunk() && rec.buddy.is_empty();
         let before = rec.buddy.nonempty();
@@ -395,7 +410,7 @@ impl Heap {
             self.empty_chunks -= 1;
         }
         self.index_changes(slot, before);
-        Ok((slot, addr))
+        (slot, addr)
     }
 
     /// Returns a block to the buddy structure of its range, if that range is still the one
@@ -563,18 +578,23 @@ impl Heap {
     }
 
     /// Lends up to `count` blocks of `order` to a thread cache. Fails only if none could be had.
+    ///
+    /// Only the first block may cost a new chunk: the rest of the batch is whatever the managed
+    /// ranges have free, so that filling a cache never maps memory nobody asked for.
     pub(crate) fn lend(
         &mut self,
         order: u32,
         count: usize,
         out: &mut Vec<usize>,
     ) -> Result<(), AllocError> {
-        for i in 0..count {
-            match self.take_block(order, 1 << order) {
-                Ok((_, addr)) => out.push(addr),
-                Err(e) if i == 0 => return Err(e),
-                Err(_) => break,
-            }
+        let (_, first) = self.take_block(order, 1 << order)?;
+        out.push(first);
+        for _ in 1..count {
+            let Some(slot) = self.free_slot(order) else {
+                break;
+            };
+            let (_, addr) = self.take_from(slot, order);
+            out.push(addr);
         }
         Ok(())
     }
