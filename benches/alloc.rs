@@ -10,7 +10,8 @@
 //!   per iteration;
 //! - `free_n/*`: free n live 64-byte blocks in random order (only the frees are timed), where a
 //!   free list that must be scanned for the buddy makes each free O(n);
-//! - `threads/*`: small alloc/free pairs on one and on two threads (throughput per thread pair).
+//! - `threads/*`: 16-byte alloc/free pairs on one and on two threads, each thread pinned to its
+//!   own CPU; only the pairs are timed, and the slowest thread's time counts.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -214,8 +215,7 @@ fn free_n(c: &mut Criterion) {
 }
 
 fn threads(c: &mut Criterion) {
-    // Each timed iteration is this many pairs on every thread, so that starting and joining
-    // the threads is noise next to the work even for the smallest iteration counts.
+    // Each timed iteration is this many pairs on every thread.
     const PAIRS: u64 = 10_000;
     let ours = Arc::new(Ours::new());
     let sys = Arc::new(Sys);
@@ -228,33 +228,52 @@ fn threads(c: &mut Criterion) {
             group.throughput(Throughput::Elements(threads as u64 * PAIRS));
             group.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
                 b.iter_custom(|iters| {
-                    let barrier = Arc::new(Barrier::new(threads + 1));
+                    // Only the pairs are timed, on each thread from a common start to its own
+                    // end; the slowest thread's time counts. Starting threads, and what a
+                    // thread does as it exits (the allocator gives its cache back), are not
+                    // the throughput being measured.
+                    let barrier = Arc::new(Barrier::new(threads));
                     let workers: Vec<_> = (0..threads)
-                        .map(|_| {
+                        .map(|cpu| {
                             let s = s.clone();
                             let barrier = barrier.clone();
                             std::thread::spawn(move || {
+                                pin_to_cpu(cpu);
                                 // Warm this thread's cache outside the timed part.
                                 s.free(s.alloc(16), 16);
                                 barrier.wait();
+                                let start = Instant::now();
                                 for _ in 0..iters * PAIRS {
                                     let p = s.alloc(black_box(16));
                                     s.free(black_box(p), 16);
                                 }
+                                start.elapsed()
                             })
                         })
                         .collect();
-                    barrier.wait();
-                    let start = Instant::now();
-                    for w in workers {
-                        w.join().unwrap();
-                    }
-                    start.elapsed()
+                    workers
+                        .into_iter()
+                        .map(|w| w.join().unwrap())
+                        .max()
+                        .unwrap()
                 })
             });
         }
     }
     group.finish();
+}
+
+/// Keeps the calling thread on one CPU, so that two workers never share a CPU while the
+/// scheduler has yet to spread them out (a sample lasts a few tens of milliseconds).
+fn pin_to_cpu(cpu: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: `set` is a zeroed, properly sized cpu_set_t that CPU_SET and sched_setaffinity
+    // only read and write within.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % cpus, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 criterion_group! {
