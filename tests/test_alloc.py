@@ -140,6 +140,31 @@ def test_a_view_keeps_the_block_alive_and_refuses_free(alloc: UntrustedAllocator
     assert alloc.stats().live_blocks == 0
 
 
+def test_allocations_outlive_the_allocator_object() -> None:
+    a = UntrustedAllocator(SMALL_CHUNK)
+    blk = a.alloc(100)
+    del a
+    gc.collect()
+    u8(blk)[:] = 1
+    assert int(u8(blk).sum()) == 100
+    blk.free()
+
+
+def test_an_allocation_inserted_elsewhere_stays_pinned_until_removed() -> None:
+    first, second = UntrustedAllocator(SMALL_CHUNK), UntrustedAllocator(chunk_limit=0)
+    blk = first.alloc(64 * KIB, align=64 * KIB)
+    h = second.insert_range(blk)
+    inner = second.alloc(1000)
+    assert blk.address <= inner.address < blk.address + blk.size
+    # The second allocator holds a view of the block: freeing it would pull the range away.
+    with pytest.raises(BufferError, match="still alive"):
+        blk.free()
+    inner.free()
+    second.remove_range(h)
+    blk.free()
+    assert first.stats().live_blocks == 0
+
+
 def test_use_after_free_raises(alloc: UntrustedAllocator) -> None:
     blk = alloc.alloc(32)
     blk.free()
