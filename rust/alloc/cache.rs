@@ -20,7 +20,8 @@
 //! The counters that statistics need are written only by the owning thread, as plain atomic
 //! stores, and read by whoever asks for statistics.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -129,18 +130,23 @@ struct LocalCache {
     counters: Arc<CacheCounters>,
 }
 
-/// All caches of one thread. Dropped when the thread exits, which gives every block back.
+/// All caches of one thread, most recently used first. Dropped when the thread exits, which
+/// gives every block back.
 ///
-/// The most recently used cache is kept inline rather than in the vector, which saves a
-/// pointer dereference on every allocation and free.
+/// Each cache is leaked from a `Box` when created, so that its address stays put while
+/// [`FRONT`] points at it, and freed here on drop.
 struct ThreadCaches {
-    front: Option<LocalCache>,
-    others: Vec<LocalCache>,
+    caches: Vec<NonNull<LocalCache>>,
 }
 
 impl Drop for ThreadCaches {
     fn drop(&mut self) {
-        for mut cache in self.front.take().into_iter().chain(self.others.drain(..)) {
+        // From here on no fast path reaches the caches.
+        let _ = FRONT.try_with(|front| front.set(ptr::null_mut()));
+        for cache in self.caches.drain(..) {
+            // SAFETY: every pointer in `caches` came from `Box::into_raw` and is freed only
+            // here, once; `FRONT` no longer points at it and no reference to it is live.
+            let mut cache = unsafe { Box::from_raw(cache.as_ptr()) };
             if let Some(inner) = cache.owner.upgrade() {
                 cache.retire(&inner);
             }
@@ -150,15 +156,86 @@ impl Drop for ThreadCaches {
 
 thread_local! {
     static CACHES: RefCell<ThreadCaches> = const {
-        RefCell::new(ThreadCaches { front: None, others: Vec::new() })
+        RefCell::new(ThreadCaches { caches: Vec::new() })
     };
+    /// This thread's most recently used cache, for the fast paths, or null while none may be
+    /// used.
+    ///
+    /// Invariant: while it is non-null it points to the first cache of [`CACHES`] and no
+    /// reference to that cache exists. The slow paths set it to null before they borrow a
+    /// cache and point it at the first cache again when they are done; the fast paths hold
+    /// their reference only while they run, and call nothing that could reach a cache.
+    ///
+    /// A `Cell` of a raw pointer needs no destructor, so reading it is a plain thread-local
+    /// load, without the registration check that the `RefCell` above costs.
+    static FRONT: Cell<*mut LocalCache> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// Runs `f` on the front cache if it serves `inner` and has seen its latest ranges.
+#[inline(always)]
+fn with_front<R>(inner: &Inner, f: impl FnOnce(&mut LocalCache) -> Option<R>) -> Option<R> {
+    let cache = FRONT.with(Cell::get);
+    if cache.is_null() {
+        return None;
+    }
+    // SAFETY: by `FRONT`'s invariant the cache is alive and unreferenced. The reference lives
+    // only while `f` runs, and the fast paths run no code that could reach `FRONT` or `CACHES`
+    // (no allocation, no lock, no drop of anything but plain values).
+    let cache = unsafe { &mut *cache };
+    if cache.alloc_id != inner.id || inner.epoch.load(Ordering::Acquire) != cache.epoch {
+        return None;
+    }
+    f(cache)
+}
+
+/// Allocates a block of a cached `order` from the top of this thread's cache, if that needs
+/// nothing but the tag's update: no refill, no refresh, no new range to look up.
+#[inline(always)]
+pub(crate) fn alloc_fast(inner: &Inner, order: u32, request: usize, owned: bool) -> Option<usize> {
+    with_front(inner, |cache| {
+        let class = (order - MIN_ORDER) as usize;
+        let addr = *cache.stacks[class].last()?;
+        let meta = cache.hot(addr)?;
+        let slack = ((1usize << order) - request) as u64;
+        // A refusal clears the tag again and leaves the block on the stack for the slow path,
+        // which withdraws it.
+        if !meta.publish(addr, order, slack, owned, inner.asymmetric) {
+            return None;
+        }
+        cache.stacks[class].pop();
+        cache.count_alloc(order, request, true);
+        Some(addr)
+    })
+}
+
+/// Frees the block at `addr` onto this thread's cache, if that needs nothing but the tag's
+/// update and a push: the block is live, cached-sized, in the hot range, and its stack has
+/// room. `None` changes nothing; the slow path then gives the answer.
+#[inline(always)]
+pub(crate) fn free_fast(inner: &Inner, addr: usize, allow_owned: bool) -> Option<TaggedBlock> {
+    with_front(inner, |cache| {
+        let meta = cache.hot(addr)?;
+        let (block, head) = meta.peek(addr)?;
+        if block.order > CACHE_MAX_ORDER {
+            return None;
+        }
+        let class = (block.order - MIN_ORDER) as usize;
+        let stack = &cache.stacks[class];
+        if stack.len() >= capacity(block.order) || stack.len() == stack.capacity() {
+            return None;
+        }
+        let block = meta.release_peeked(block, head, allow_owned).ok()?;
+        cache.count_free(&block);
+        // The length was checked against the allocated capacity: no reallocation.
+        cache.stacks[class].push(addr);
+        Some(block)
+    })
 }
 
 /// Runs `f` on this thread's cache for `inner`, creating it if `create` is set.
 ///
 /// Returns `None` when the cache cannot be used (the thread is exiting, or a cache operation is
 /// already running on this thread further up the stack); the caller then takes the locked path.
-#[inline]
 fn with_cache<R>(
     inner: &Arc<Inner>,
     create: bool,
@@ -167,15 +244,27 @@ fn with_cache<R>(
     CACHES
         .try_with(|caches| {
             let mut caches = caches.try_borrow_mut().ok()?;
+            // The fast paths keep out while this borrow lasts (see `FRONT`); if `f` panics,
+            // they stay out.
+            FRONT.set(ptr::null_mut());
             let caches = &mut *caches;
-            let hit = caches
-                .front
-                .as_ref()
-                .is_some_and(|c| c.alloc_id == inner.id);
+            let hit = caches.caches.first().is_some_and(|c| {
+                // SAFETY: the pointers in `caches` are live (freed only on drop) and, with
+                // `FRONT` null and the `RefCell` borrowed, unreferenced.
+                unsafe { c.as_ref() }.alloc_id == inner.id
+            });
             if !hit && !select(caches, inner, create) {
+                // Nothing moved: the first cache may serve the fast paths again.
+                if let Some(first) = caches.caches.first() {
+                    FRONT.set(first.as_ptr());
+                }
                 return None;
             }
-            caches.front.as_mut().map(f)
+            let front = caches.caches[0];
+            // SAFETY: as above; the reference ends before `FRONT` is set again.
+            let result = f(unsafe { &mut *front.as_ptr() });
+            FRONT.set(front.as_ptr());
+            Some(result)
         })
         .ok()
         .flatten()
@@ -185,24 +274,39 @@ fn with_cache<R>(
 /// front is now that cache.
 #[cold]
 fn select(caches: &mut ThreadCaches, inner: &Arc<Inner>, create: bool) -> bool {
-    let cache = match caches.others.iter().position(|c| c.alloc_id == inner.id) {
-        Some(pos) => caches.others.swap_remove(pos),
+    let pos = caches.caches.iter().position(|c| {
+        // SAFETY: the pointers are live and unreferenced, as in `with_cache`.
+        unsafe { c.as_ref() }.alloc_id == inner.id
+    });
+    match pos {
+        Some(pos) => {
+            let cache = caches.caches.remove(pos);
+            caches.caches.insert(0, cache);
+        }
         None if create => {
             // Forget caches of allocators that no longer exist.
-            caches.others.retain(|c| c.owner.strong_count() > 0);
-            LocalCache::register(inner)
+            caches.caches.retain(|c| {
+                // SAFETY: as above.
+                let alive = unsafe { c.as_ref() }.owner.strong_count() > 0;
+                if !alive {
+                    // SAFETY: from `Box::into_raw`, and dropped from the list right here. A
+                    // cache of a dropped allocator holds no blocks anyone could still use.
+                    drop(unsafe { Box::from_raw(c.as_ptr()) });
+                }
+                alive
+            });
+            let cache = Box::new(LocalCache::register(inner));
+            caches.caches.insert(0, NonNull::from(Box::leak(cache)));
         }
         None => return false,
-    };
-    if let Some(previous) = caches.front.replace(cache) {
-        caches.others.push(previous);
     }
     true
 }
 
-/// Allocates a block of a cached `order` from this thread's cache. `None`: the cache could
-/// not serve it (no cache, or no memory for a refill); the locked path decides.
-#[inline]
+/// Allocates a block of a cached `order` from this thread's cache when the fast path could
+/// not. `None`: the cache could not serve it (no cache, or no memory for a refill); the locked
+/// path decides.
+#[inline(never)]
 pub(crate) fn alloc(inner: &Arc<Inner>, order: u32, request: usize, owned: bool) -> Option<usize> {
     with_cache(inner, true, |cache| {
         cache.alloc(inner, order, request, owned)
@@ -210,9 +314,10 @@ pub(crate) fn alloc(inner: &Arc<Inner>, order: u32, request: usize, owned: bool)
     .flatten()
 }
 
-/// Frees the block at `addr` through this thread's cache. `None`: the cache could not prove the
-/// address live; the locked path gives the authoritative answer.
-#[inline]
+/// Frees the block at `addr` through this thread's cache when the fast path could not.
+/// `None`: the cache could not prove the address live; the locked path gives the
+/// authoritative answer.
+#[inline(never)]
 pub(crate) fn free(inner: &Arc<Inner>, addr: usize, allow_owned: bool) -> Option<TaggedBlock> {
     with_cache(inner, true, |cache| cache.free(inner, addr, allow_owned)).flatten()
 }
@@ -249,35 +354,8 @@ impl LocalCache {
         }
     }
 
-    #[inline]
     fn alloc(&mut self, inner: &Inner, order: u32, request: usize, owned: bool) -> Option<usize> {
         self.sync(inner);
-        // The common case, kept free of the retry loop's setup: the top block of the stack
-        // lies in the hot range, and that range is not being removed.
-        let class = (order - MIN_ORDER) as usize;
-        if let Some(addr) = self.stacks[class].pop() {
-            if let Some(meta) = self.hot(addr) {
-                let slack = ((1usize << order) - request) as u64;
-                if meta.publish(addr, order, slack, owned, inner.asymmetric) {
-                    self.count_alloc(order, request, true);
-                    return Some(addr);
-                }
-            }
-            // Popping made room, so this push cannot reallocate.
-            self.stacks[class].push(addr);
-        }
-        self.alloc_slow(inner, order, request, owned)
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn alloc_slow(
-        &mut self,
-        inner: &Inner,
-        order: u32,
-        request: usize,
-        owned: bool,
-    ) -> Option<usize> {
         let class = (order - MIN_ORDER) as usize;
         let slack = ((1usize << order) - request) as u64;
         let mut refilled = false;
@@ -303,6 +381,14 @@ impl LocalCache {
     }
 
     #[inline(always)]
+    fn count_free(&self, block: &TaggedBlock) {
+        let c = &*self.counters;
+        bump(&c.live_blocks, 1u64.wrapping_neg());
+        bump(&c.requested, (block.requested() as u64).wrapping_neg());
+        bump(&c.rounded, (block.rounded() as u64).wrapping_neg());
+    }
+
+    #[inline(always)]
     fn count_alloc(&self, order: u32, request: usize, hit: bool) {
         let c = &*self.counters;
         bump(&c.live_blocks, 1);
@@ -319,10 +405,7 @@ impl LocalCache {
         let meta = self.lookup(addr)?;
         let block = meta.release(addr, allow_owned).ok()?;
         let meta_id = meta.id;
-        let c = &*self.counters;
-        bump(&c.live_blocks, 1u64.wrapping_neg());
-        bump(&c.requested, (block.requested() as u64).wrapping_neg());
-        bump(&c.rounded, (block.rounded() as u64).wrapping_neg());
+        self.count_free(&block);
         if block.order <= CACHE_MAX_ORDER {
             let class = (block.order - MIN_ORDER) as usize;
             self.stacks[class].push(addr);

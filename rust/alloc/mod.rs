@@ -495,17 +495,24 @@ impl UntrustedAllocator {
         let order = order_for(size, align)?;
         let inner = &self.inner;
         if inner.config.thread_cache && order <= cache::CACHE_MAX_ORDER {
+            if let Some(addr) = cache::alloc_fast(inner, order, size, owned) {
+                return Ok(addr);
+            }
+        }
+        self.allocate_slow(order, size, owned)
+    }
+
+    /// Everything but a cache hit: the cache's slow path (refills, refreshes, a first
+    /// allocation on this thread), then the lock.
+    #[cold]
+    #[inline(never)]
+    fn allocate_slow(&self, order: u32, size: usize, owned: bool) -> Result<usize, AllocError> {
+        let inner = &self.inner;
+        if inner.config.thread_cache && order <= cache::CACHE_MAX_ORDER {
             if let Some(addr) = cache::alloc(inner, order, size, owned) {
                 return Ok(addr);
             }
         }
-        self.allocate_locked(order, size, owned)
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn allocate_locked(&self, order: u32, size: usize, owned: bool) -> Result<usize, AllocError> {
-        let inner = &self.inner;
         match inner.with_heap(|heap, _| heap.alloc(order, size, owned)) {
             // Free blocks in this thread's cache may be what keeps a larger block from forming
             // or a chunk from being reused; give them back and try once more.
@@ -521,12 +528,12 @@ impl UntrustedAllocator {
     fn free_addr(&self, addr: usize, allow_owned: bool) -> Result<LiveBlock, AllocError> {
         let inner = &self.inner;
         let block = match inner.config.thread_cache {
-            true => cache::free(inner, addr, allow_owned),
+            true => cache::free_fast(inner, addr, allow_owned),
             false => None,
         };
         let block = match block {
             Some(block) => block,
-            None => self.free_locked(addr, allow_owned)?,
+            None => self.free_slow(addr, allow_owned)?,
         };
         Ok(LiveBlock {
             start: block.start,
@@ -536,15 +543,18 @@ impl UntrustedAllocator {
         })
     }
 
+    /// Everything but a free onto a stack with room: the cache's slow path, then the lock,
+    /// which gives the authoritative answer for any address.
     #[cold]
     #[inline(never)]
-    fn free_locked(
-        &self,
-        addr: usize,
-        allow_owned: bool,
-    ) -> Result<range::TaggedBlock, AllocError> {
-        self.inner
-            .with_heap(|heap, grave| heap.free(addr, allow_owned, grave))
+    fn free_slow(&self, addr: usize, allow_owned: bool) -> Result<range::TaggedBlock, AllocError> {
+        let inner = &self.inner;
+        if inner.config.thread_cache {
+            if let Some(block) = cache::free(inner, addr, allow_owned) {
+                return Ok(block);
+            }
+        }
+        inner.with_heap(|heap, grave| heap.free(addr, allow_owned, grave))
     }
 
     /// Brings the committed range `[start, start + len)` under management.

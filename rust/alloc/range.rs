@@ -142,9 +142,8 @@ impl RangeMeta {
         tag
     }
 
-    /// Writes the slack of a block larger than 2^15 bytes into the tags after its head. Kept out
-    /// of line so that the paths of smaller blocks do not carry its setup.
-    #[inline(never)]
+    /// Writes the slack of a block larger than 2^15 bytes into the tags after its head.
+    #[inline(always)]
     fn write_slack(&self, i: usize, slack: u64) {
         for (k, tag) in self.tags.tags()[i + 1..i + 1 + EXTRA_TAGS]
             .iter()
@@ -193,24 +192,42 @@ impl RangeMeta {
     /// Exactly one of several racing calls for the same block succeeds.
     #[inline(always)]
     pub(crate) fn release(&self, addr: usize, allow_owned: bool) -> Result<TaggedBlock, Refusal> {
+        let (block, head) = self.peek(addr).ok_or(Refusal::NotLive)?;
+        self.release_peeked(block, head, allow_owned)
+    }
+
+    /// The live block that starts at `addr` as its head tag describes it now, and that tag.
+    #[inline(always)]
+    pub(crate) fn peek(&self, addr: usize) -> Option<(TaggedBlock, u16)> {
         // An address inside a granule finds that granule's tag; `decode` then refuses it, as it
         // is not aligned to the order of a block starting there.
         let offset = addr.wrapping_sub(self.base);
         if offset >= self.len {
-            return Err(Refusal::NotLive);
+            return None;
         }
-        let tag = &self.tags.tags()[offset / MIN_BLOCK];
-        let head = tag.load(Ordering::Acquire);
-        let block = self.decode(addr, head).ok_or(Refusal::NotLive)?;
+        let head = self.tags.tags()[offset / MIN_BLOCK].load(Ordering::Acquire);
+        Some((self.decode(addr, head)?, head))
+    }
+
+    /// Ends the life of `block`, which [`RangeMeta::peek`] found with head tag `head`, unless
+    /// the tag changed since (someone else freed it first).
+    #[inline(always)]
+    pub(crate) fn release_peeked(
+        &self,
+        block: TaggedBlock,
+        head: u16,
+        allow_owned: bool,
+    ) -> Result<TaggedBlock, Refusal> {
         if block.owned && !allow_owned {
             return Err(Refusal::Owned);
         }
+        let tag = &self.tags.tags()[self.tag_index(block.start)];
         tag.compare_exchange(head, 0, Ordering::AcqRel, Ordering::Relaxed)
             .map_err(|_| Refusal::NotLive)?;
         // The slack tags were written before the head was published and nobody else can touch
         // this block between the successful exchange and its return to a free set.
         Ok(TaggedBlock {
-            slack: self.slack(addr, block.order, head),
+            slack: self.slack(block.start, block.order, head),
             ..block
         })
     }
