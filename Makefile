@@ -52,6 +52,8 @@ bench: bench-rust bench-python bench-oram
 
 bench-rust:
 	$(CARGO) bench --bench storage
+	$(CARGO) bench --bench alloc
+	$(PYTHON) benches/criterion_ratios.py
 
 bench-python: build
 	$(PY) benches/bench_storage.py
