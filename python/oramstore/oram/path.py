@@ -484,14 +484,22 @@ class PathORAM:
                 target_at = dest
         leaving = [origin[c] for c in kept if origin[c] >= 0]
         # Read everything that moves, then write.
-        from_path = slots[[prow[s] for s in path_from]]
-        from_stash = stash[rows_from]
-        departures = slots[[prow[s] for s in leaving]]
-        slots[[prow[s] for s in path_to]] = from_path
-        slots[[prow[s] for s in rows_to]] = from_stash
+        # (Each numpy call costs more than a few small copies, so empty ones are skipped.)
+        if path_from:
+            from_path = slots[[prow[s] for s in path_from]]
+        if rows_from:
+            from_stash = stash[rows_from]
+        if leaving:
+            departures = slots[[prow[s] for s in leaving]]
+        if path_from:
+            slots[[prow[s] for s in path_to]] = from_path
+        if rows_from:
+            slots[[prow[s] for s in rows_to]] = from_stash
         # Slots that lost their block and gained none are marked empty; the bytes left in them
         # are sealed with the bucket and overwritten when a block next lands there.
-        self._heads[[prow[o] for o in origin if o >= 0 and not taken[o]]] = 0
+        emptied = [prow[o] for o in origin if o >= 0 and not taken[o]]
+        if emptied:
+            self._heads[emptied] = 0
         if target_at >= 0:
             self._heads[prow[target_at]] = (ids[target], leaves[target])
 
@@ -514,7 +522,8 @@ class PathORAM:
             rows.append(row)
             if c == target:
                 target_row = row
-        stash[arrived] = departures
+        if arrived:
+            stash[arrived] = departures
         if target_row >= 0:
             self._stash_heads[target_row] = (ids[target], leaves[target])
         self._stash_ids = [ids[c] for c in kept]
