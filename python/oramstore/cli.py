@@ -26,6 +26,17 @@ def _power_of_two_or_int(text: str) -> int:
     return int(text)
 
 
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
 def _bench_storage(args: argparse.Namespace, console: Console) -> int:
     count, data_size, meta_size = args.count, args.data_size, args.meta_size
     batches = [int(b) for b in args.batches.split(",")]
@@ -40,14 +51,7 @@ def _bench_storage(args: argparse.Namespace, console: Console) -> int:
     )
     with (
         UntrustedStorage(count, data_size, meta_size) as storage,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress,
+        _progress(console) as progress,
     ):
         fill = progress.add_task("writing every item once", total=1)
         bench.fill_storage(storage)
@@ -113,14 +117,7 @@ def _bench_oram(args: argparse.Namespace, console: Console) -> int:
     if args.accesses <= 0:
         console.print("[red]--accesses must be positive[/red]")
         return 2
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with _progress(console) as progress:
         task = progress.add_task(f"PathORAM({blocks}, {size}): random 50/50", total=args.accesses)
         run = bench.run_oram(
             blocks,

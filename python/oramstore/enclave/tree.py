@@ -24,13 +24,13 @@ from __future__ import annotations
 import operator
 import threading
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 
+from oramstore._closing import Closing
 from oramstore._native import UntrustedStorage
 from oramstore.enclave.crypto import TAG_BYTES, BucketSealer
 from oramstore.errors import IntegrityError, StorageReleasedError
@@ -53,7 +53,7 @@ _PADDING = bytes(_META_ITEM - _HEADER)
 Bytes = npt.NDArray[np.uint8]
 
 
-class TreeStorage:
+class TreeStorage(Closing):
     """A tree of ``2**(height+1) - 1`` buckets of ``bucket_size`` data bytes and ``meta_size``
     metadata bytes, with the top levels in trusted memory and the rest encrypted and
     authenticated in untrusted memory.
@@ -283,17 +283,6 @@ class TreeStorage:
             self._pending = None
             if self.untrusted is not None:
                 self.untrusted.release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- internals -------------------------------------------------------------------------
 

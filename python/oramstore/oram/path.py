@@ -13,14 +13,14 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from oramstore._closing import Closing
 from oramstore.enclave.tree import DEFAULT_TREETOP_BYTES, TreeStorage
 from oramstore.errors import IntegrityError, StashOverflowError, StorageReleasedError
 from oramstore.oram.position import (
@@ -88,7 +88,7 @@ def _subkey(key: bytes | None, label: str) -> bytes | None:
     return hkdf.derive(bytes(key))
 
 
-class PathORAM:
+class PathORAM(Closing):
     """An oblivious store of ``block_count`` blocks of ``block_size`` bytes.
 
     Args:
@@ -310,17 +310,6 @@ class PathORAM:
             self._positions.close()
             self._stash_data = np.empty((0, self._block_size), np.uint8)
             self._stash_ids, self._stash_leaves, self._stash_rows = [], [], []
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- the access itself ----------------------------------------------------------------
 
