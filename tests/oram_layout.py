@@ -1,4 +1,5 @@
-"""Reading a PathORAM's tree the way only a test may: every bucket, decrypted and verified."""
+"""Test helpers for PathORAM: random workloads checked against a dict, and reading its tree
+the way only a test may (every bucket, decrypted and verified)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,39 @@ from oramstore import PathORAM
 from oramstore.oram import ArrayPositionMap
 
 SLOT_META = 16
+
+
+def small_recursive_oram(position_map: str) -> PathORAM:
+    """600 blocks of 16 bytes, all in untrusted memory; with ``"recursive"``, position maps
+    nest two levels deep."""
+    return PathORAM(
+        600,
+        16,
+        treetop_bytes=0,
+        position_map=position_map,  # type: ignore[arg-type]
+        position_map_threshold=2,
+    )
+
+
+def random_accesses(
+    oram: PathORAM,
+    model: dict[int, bytes],
+    rng: np.random.Generator,
+    count: int,
+    *,
+    write_share: float = 0.5,
+) -> None:
+    """``count`` accesses of uniformly random blocks, ``write_share`` of them writes of random
+    bytes (recorded in ``model``), the rest reads checked against ``model``."""
+    n, size = len(oram), oram.block_size
+    for _ in range(count):
+        i = int(rng.integers(n))
+        if rng.random() < write_share:
+            block = rng.integers(0, 256, size, np.uint8).tobytes()
+            oram.write(i, block)
+            model[i] = block
+        else:
+            assert oram.read(i) == model.get(i, bytes(size))
 
 
 def blocks_in_tree(oram: PathORAM) -> dict[int, tuple[int, bytes, int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from oram_layout import random_accesses, small_recursive_oram
 from oramstore import IntegrityError, PathORAM, StorageReleasedError
 from oramstore.oram import ArrayPositionMap, RecursivePositionMap
 from oramstore.oram.path import _subkey
@@ -20,15 +21,7 @@ def test_never_written_blocks_read_as_zeros() -> None:
 def test_reads_return_the_last_write() -> None:
     rng = np.random.default_rng(0)
     with PathORAM(64, 48, treetop_bytes=0) as oram:
-        model: dict[int, bytes] = {}
-        for _ in range(2000):
-            i = int(rng.integers(64))
-            if rng.random() < 0.5:
-                block = rng.integers(0, 256, 48, np.uint8).tobytes()
-                oram.write(i, block)
-                model[i] = block
-            else:
-                assert oram.read(i) == model.get(i, bytes(48))
+        random_accesses(oram, {}, rng, 2000)
 
 
 def test_shape_follows_block_count_over_bucket_size() -> None:
@@ -147,13 +140,7 @@ def test_tampering_surfaces_as_integrity_error() -> None:
 def test_a_refused_access_changes_nothing(position_map: str) -> None:
     # The host corrupts every bucket, accesses fail, the host puts the bytes back: the ORAM
     # must carry on as if the failed accesses never happened.
-    with PathORAM(
-        600,
-        16,
-        treetop_bytes=0,
-        position_map=position_map,  # type: ignore[arg-type]
-        position_map_threshold=2,
-    ) as oram:
+    with small_recursive_oram(position_map) as oram:
         for i in range(600):
             oram.write(i, i.to_bytes(2, "little") * 8)
         untrusted = oram.tree.untrusted
@@ -194,14 +181,7 @@ def test_recursive_position_maps_nest_and_agree_with_a_model() -> None:
         assert isinstance(inner, RecursivePositionMap)
         assert isinstance(inner.inner.position_map, RecursivePositionMap)
         model: dict[int, bytes] = {}
-        for _ in range(600):
-            i = int(rng.integers(5000))
-            if rng.random() < 0.6:
-                block = rng.integers(0, 256, 8, np.uint8).tobytes()
-                oram.write(i, block)
-                model[i] = block
-            else:
-                assert oram.read(i) == model.get(i, bytes(8))
+        random_accesses(oram, model, rng, 600, write_share=0.6)
         for i, block in model.items():
             assert oram.read(i) == block
         assert inner.inner.access_count == oram.access_count  # one lookup per access

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from oram_layout import small_recursive_oram
 from oramstore import PathORAM, UntrustedStorage
 from oramstore.oram import RecursivePositionMap
 from oramstore.oram import path as path_module
@@ -157,13 +158,7 @@ def test_a_predictable_leaf_source_is_seen(monkeypatch: pytest.MonkeyPatch) -> N
 def test_what_the_host_sees_has_the_same_shape_for_every_sequence(position_map: str) -> None:
     shapes = set()
     for name, sequence in SEQUENCES.items():
-        with PathORAM(
-            600,
-            16,
-            treetop_bytes=0,
-            position_map=position_map,  # type: ignore[arg-type]
-            position_map_threshold=2,
-        ) as oram:
+        with small_recursive_oram(position_map) as oram:
             log = run(oram, sequence(600)[:600])
             # Per access: the same trees, the same operations, the same number of indices.
             shape = tuple((tree, op, len(idx)) for tree, op, idx in log)

@@ -7,7 +7,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from oram_layout import check_invariant
+from oram_layout import check_invariant, random_accesses
 from oramstore import PathORAM, StashOverflowError
 from oramstore.oram import DEFAULT_STASH_SIZE
 
@@ -22,14 +22,7 @@ def test_a_full_oram_keeps_its_stash_small() -> None:
             block = rng.integers(0, 256, size, np.uint8).tobytes()
             oram.write(i, block)
             model[i] = block
-        for _ in range(8 * n):
-            i = int(rng.integers(n))
-            if rng.random() < 0.5:
-                block = rng.integers(0, 256, size, np.uint8).tobytes()
-                oram.write(i, block)
-                model[i] = block
-            else:
-                assert oram.read(i) == model[i]
+        random_accesses(oram, model, rng, 8 * n)
         # Path ORAM with Z=4 keeps a few blocks in its stash; the capacity is for the far tail.
         assert oram.stash_peak <= DEFAULT_STASH_SIZE // 4
         check_invariant(oram, model)

@@ -206,14 +206,9 @@ class TreeStorage(Closing):
             self._check_open()
             nodes = self.path(leaf)
             top = self.treetop_levels
-            heads = b""
             if top:
                 out[:top] = self._top[nodes[:top] - 1]
-            if self.untrusted is not None:
-                below = nodes[top:]
-                self.untrusted.checkout_into(below - self._offset, self._sealed, self._heads)
-                heads = bytes(self._heads)
-                self._open_branch(below.tolist(), self._sealed, heads, out[top:])
+            heads = self._load_lower(nodes, out[top:])
             data, meta = out[:, : self.bucket_size], out[:, self.bucket_size :]
             self._pending = _Pending(int(leaf), nodes, out, data, meta, heads)
             return data, meta
@@ -227,24 +222,17 @@ class TreeStorage(Closing):
         with self._lock:
             self._check_open()
             nodes = self.path(leaf)
-            heads = b""
-            if self.untrusted is not None:
-                below = nodes[self.treetop_levels :]
-                self.untrusted.checkout_into(below - self._offset, self._sealed, self._heads)
-                heads = bytes(self._heads)
-                self._open_branch(below.tolist(), self._sealed, heads, self._lower)
-            self._pending = _Pending(int(leaf), nodes, self._lower, None, None, heads, True)
+            heads = self._load_lower(nodes, self._lower)
+            self._pending = _Pending(
+                int(leaf), nodes, self._lower, None, None, heads, in_place=True
+            )
             return nodes
 
     def checkin_lower(self, leaf: int) -> None:
         """Seal the untrusted levels of the branch to ``leaf`` from the last rows of
         :attr:`rows` and write them back. Must follow :meth:`checkout_lower` of that leaf."""
         with self._lock:
-            self._check_open()
-            leaf = self._check_leaf(leaf)
-            pending = self._pending
-            if pending is None or pending.leaf != leaf or not pending.in_place:
-                raise ValueError(f"checkin_lower({leaf}) must follow checkout_lower({leaf})")
+            pending = self._take_pending(leaf, in_place=True)
             self._commit_lower(pending.nodes, pending.plain, pending.heads)
             self._pending = None
 
@@ -262,11 +250,7 @@ class TreeStorage(Closing):
             TypeError: ``data`` or ``meta`` is not uint8 bytes.
         """
         with self._lock:
-            self._check_open()
-            leaf = self._check_leaf(leaf)
-            pending = self._pending
-            if pending is None or pending.leaf != leaf or pending.in_place:
-                raise ValueError(f"checkin_branch({leaf}) must follow checkout_branch({leaf})")
+            pending = self._take_pending(leaf, in_place=False)
             nodes = pending.nodes
             plain = self._branch_rows(pending, data, meta)
             top = self.treetop_levels
@@ -298,6 +282,27 @@ class TreeStorage(Closing):
         if not 0 <= index < self.leaf_count:
             raise IndexError(f"leaf {index} is out of range for a tree of {self.leaf_count} leaves")
         return index
+
+    def _take_pending(self, leaf: int, *, in_place: bool) -> _Pending:
+        """The pending checkout a checkin of ``leaf`` must follow, of the same kind."""
+        self._check_open()
+        leaf = self._check_leaf(leaf)
+        pending = self._pending
+        if pending is None or pending.leaf != leaf or pending.in_place != in_place:
+            kind = "lower" if in_place else "branch"
+            raise ValueError(f"checkin_{kind}({leaf}) must follow checkout_{kind}({leaf})")
+        return pending
+
+    def _load_lower(self, nodes: npt.NDArray[np.int64], out: Bytes) -> bytes:
+        """Fetch, verify and decrypt the untrusted levels of a branch into ``out``; returns
+        their verified metadata items (empty when the whole tree is trusted)."""
+        if self.untrusted is None:
+            return b""
+        below = nodes[self.treetop_levels :]
+        self.untrusted.checkout_into(below - self._offset, self._sealed, self._heads)
+        heads = bytes(self._heads)
+        self._open_branch(below.tolist(), self._sealed, heads, out)
+        return heads
 
     def _commit_lower(self, nodes: npt.NDArray[np.int64], lower: Bytes, heads: bytes) -> None:
         """Seal and write the untrusted levels of a branch, then record its new root."""
