@@ -3,20 +3,63 @@ the way only a test may (every bucket, decrypted and verified)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 
-from oramstore import PathORAM
-from oramstore.oram import ArrayPositionMap
+from oramstore import PathORAM, UntrustedStorage
+from oramstore.oram import ArrayPositionMap, RecursivePositionMap
 
 SLOT_META = 16
 
 
-def small_recursive_oram(position_map: str) -> PathORAM:
+class Recorder:
+    """Plays the host: stands in for an UntrustedStorage and logs (tree, operation, indices)
+    per call."""
+
+    def __init__(
+        self, inner: UntrustedStorage, name: str, log: list[tuple[str, str, tuple[int, ...]]]
+    ):
+        self.inner, self.name, self.log = inner, name, log
+
+    def checkout_into(self, indices: Any, data: Any, meta: Any) -> None:
+        self.log.append((self.name, "checkout", tuple(np.asarray(indices).tolist())))
+        self.inner.checkout_into(indices, data, meta)
+
+    def checkin(self, indices: Any, data: Any, meta: Any) -> None:
+        self.log.append((self.name, "checkin", tuple(np.asarray(indices).tolist())))
+        self.inner.checkin(indices, data, meta)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def trees(oram: PathORAM) -> Iterator[tuple[str, PathORAM]]:
+    name = "data"
+    while True:
+        yield name, oram
+        positions = oram.position_map
+        if not isinstance(positions, RecursivePositionMap):
+            return
+        oram, name = positions.inner, name + "/positions"
+
+
+def record(oram: PathORAM) -> list[tuple[str, str, tuple[int, ...]]]:
+    log: list[tuple[str, str, tuple[int, ...]]] = []
+    for name, o in trees(oram):
+        assert o.tree.treetop_levels == 0 and o.tree.untrusted is not None
+        o.tree.untrusted = Recorder(o.tree.untrusted, name, log)  # type: ignore[assignment]
+    return log
+
+
+def small_recursive_oram(position_map: str, *, key: bytes | None = None) -> PathORAM:
     """600 blocks of 16 bytes, all in untrusted memory; with ``"recursive"``, position maps
     nest two levels deep."""
     return PathORAM(
         600,
         16,
+        key=key,
         treetop_bytes=0,
         position_map=position_map,  # type: ignore[arg-type]
         position_map_threshold=2,

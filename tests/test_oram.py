@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from oram_layout import random_accesses, small_recursive_oram
-from oramstore import IntegrityError, PathORAM, StorageReleasedError
+from oramstore import IntegrityError, PathORAM, PoisonedError, StorageReleasedError
 from oramstore.oram import ArrayPositionMap, RecursivePositionMap
-from oramstore.oram.path import _subkey
 
 
 def test_never_written_blocks_read_as_zeros() -> None:
@@ -108,6 +107,13 @@ def test_bad_arguments() -> None:
         ({"block_count": 8.0, "block_size": 8}, TypeError),
         ({"block_count": 8, "block_size": 8, "position_map": "tree"}, ValueError),
         ({"block_count": 8, "block_size": 8, "key": b"short"}, ValueError),
+        ({"block_count": 8, "block_size": 8, "key": [0] * 32}, TypeError),
+        ({"block_count": 8, "block_size": 8, "key": np.zeros(32, np.int64)}, TypeError),
+        ({"block_count": 8, "block_size": 8, "key": np.zeros(4, np.int64)}, TypeError),
+        ({"block_count": 8, "block_size": 8, "key": "k" * 32}, TypeError),
+        ({"block_count": 8, "block_size": 8, "key": 12345}, TypeError),
+        ({"block_count": 8, "block_size": 8, "bucket_size": 2}, ValueError),
+        ({"block_count": 8, "block_size": 8, "stash_size": 10}, ValueError),
     ]:
         with pytest.raises(exc):
             PathORAM(**kwargs)  # type: ignore[arg-type]
@@ -137,9 +143,9 @@ def test_tampering_surfaces_as_integrity_error() -> None:
 
 
 @pytest.mark.parametrize("position_map", ["array", "recursive"])
-def test_a_refused_access_changes_nothing(position_map: str) -> None:
-    # The host corrupts every bucket, accesses fail, the host puts the bytes back: the ORAM
-    # must carry on as if the failed accesses never happened.
+def test_a_refused_access_poisons_the_oram(position_map: str) -> None:
+    # The host corrupts every bucket, an access fails, the host puts the bytes back: the ORAM
+    # refuses everything from then on, and says why.
     with small_recursive_oram(position_map) as oram:
         for i in range(600):
             oram.write(i, i.to_bytes(2, "little") * 8)
@@ -150,16 +156,28 @@ def test_a_refused_access_changes_nothing(position_map: str) -> None:
         tampered = data.copy()
         tampered[:, 0] ^= 0x80
         untrusted.checkin(everything, tampered, meta)
-        stash, accesses = oram.stash_len, oram.access_count
-        for i in (3, 3, 599, 0):
-            with pytest.raises(IntegrityError):
-                oram.read(i)
-            with pytest.raises(IntegrityError):
-                oram.write(i, bytes(16))
-        assert (oram.stash_len, oram.access_count) == (stash, accesses)
+        with pytest.raises(IntegrityError):
+            oram.read(3)
         untrusted.checkin(everything, data, meta)
-        for i in range(600):
-            assert oram.read(i) == i.to_bytes(2, "little") * 8
+        assert oram.poisoned is not None and "IntegrityError" in oram.poisoned
+        for call in (lambda: oram.read(3), lambda: oram.write(0, bytes(16))):
+            with pytest.raises(PoisonedError, match="trusted copy") as info:
+                call()
+            assert isinstance(info.value.__cause__, IntegrityError)
+        with pytest.raises(PoisonedError):
+            oram.read_many([1, 2])
+        # Arguments are still checked first, and close still works.
+        with pytest.raises(PoisonedError):
+            oram.read(599)
+        inner = oram.position_map
+        if isinstance(inner, RecursivePositionMap):
+            assert inner.inner.poisoned is not None
+            with pytest.raises(PoisonedError):
+                inner.inner.read(0)
+        with pytest.raises(PoisonedError):
+            oram.tree.checkout_branch(0)
+    with pytest.raises(StorageReleasedError):
+        oram.read(0)
 
 
 def test_position_map_choice() -> None:
@@ -187,15 +205,12 @@ def test_recursive_position_maps_nest_and_agree_with_a_model() -> None:
         assert inner.inner.access_count == oram.access_count  # one lookup per access
 
 
-def test_every_tree_gets_its_own_key() -> None:
+def test_keys_of_every_bytes_like_kind_work() -> None:
     key = bytes(range(32))
-    assert _subkey(key, "oramstore/data") != _subkey(key, "oramstore/data/positions")
-    assert _subkey(None, "x") is None
-    # Two ORAMs with the same key and the same writes seal identically: the key given is used.
-    a = PathORAM(4, 8, key=key, treetop_bytes=0)
-    b = PathORAM(4, 8, key=key, treetop_bytes=0)
-    assert a.tree.untrusted is not None and b.tree.untrusted is not None
-    assert a.tree.untrusted.count == b.tree.untrusted.count
+    for form in (key, bytearray(key), memoryview(key), np.frombuffer(key, np.uint8)):
+        with PathORAM(16, 8, key=form, treetop_bytes=0) as oram:
+            oram.write(3, b"abcdefgh")
+            assert oram.read(3) == b"abcdefgh"
 
 
 def test_trusted_bytes_are_accounted() -> None:

@@ -6,56 +6,16 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from oram_layout import small_recursive_oram
-from oramstore import PathORAM, UntrustedStorage
-from oramstore.oram import RecursivePositionMap
+from oram_layout import record, small_recursive_oram, trees
+from oramstore import PathORAM
 from oramstore.oram import path as path_module
 
 ACCESSES = 4096
-
-
-class Recorder:
-    """Stands in for an UntrustedStorage and logs (tree, operation, indices) per call."""
-
-    def __init__(
-        self, inner: UntrustedStorage, name: str, log: list[tuple[str, str, tuple[int, ...]]]
-    ):
-        self.inner, self.name, self.log = inner, name, log
-
-    def checkout_into(self, indices: Any, data: Any, meta: Any) -> None:
-        self.log.append((self.name, "checkout", tuple(np.asarray(indices).tolist())))
-        self.inner.checkout_into(indices, data, meta)
-
-    def checkin(self, indices: Any, data: Any, meta: Any) -> None:
-        self.log.append((self.name, "checkin", tuple(np.asarray(indices).tolist())))
-        self.inner.checkin(indices, data, meta)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-def trees(oram: PathORAM) -> Iterator[tuple[str, PathORAM]]:
-    name = "data"
-    while True:
-        yield name, oram
-        positions = oram.position_map
-        if not isinstance(positions, RecursivePositionMap):
-            return
-        oram, name = positions.inner, name + "/positions"
-
-
-def record(oram: PathORAM) -> list[tuple[str, str, tuple[int, ...]]]:
-    log: list[tuple[str, str, tuple[int, ...]]] = []
-    for name, o in trees(oram):
-        assert o.tree.treetop_levels == 0 and o.tree.untrusted is not None
-        o.tree.untrusted = Recorder(o.tree.untrusted, name, log)  # type: ignore[assignment]
-    return log
 
 
 def leaves_of(oram: PathORAM, log: list[tuple[str, str, tuple[int, ...]]]) -> list[int]:

@@ -8,16 +8,15 @@ import pytest
 from oram_layout import check_invariant
 from oramstore import PathORAM
 
-# (block_count, block_size, bucket_size, position map): tiny and odd block sizes, Z from 2 to
-# 5, and recursive position maps two levels deep. The default stash is sized for Z >= 4; the
-# small Z=2 tree runs with a stash to match.
+# (block_count, block_size, bucket_size, position map): tiny and odd block sizes, Z from 3 to
+# 6, and recursive position maps two levels deep, each with the default stash for its Z.
 SHAPES = [
-    (1000, 1, 2, "array"),
+    (1000, 1, 3, "array"),
     (3000, 64, 4, "recursive"),
     (777, 1000, 3, "array"),
     (512, 4096, 4, "array"),
     (70000, 24, 4, "recursive"),
-    (200, 333, 5, "array"),
+    (200, 333, 6, "array"),
 ]
 OPERATIONS = 100_000
 
@@ -30,7 +29,6 @@ def test_mixed_shapes_agree_with_their_models() -> None:
             n,
             size,
             bucket_size=z,
-            stash_size=160 if z >= 4 else 400,
             position_map=pm,  # type: ignore[arg-type]
             position_map_threshold=64,
         )

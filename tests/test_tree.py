@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
+from cryptography.exceptions import InvalidTag
 
-import oramstore
 from oramstore import StorageReleasedError, TreeStorage
 from oramstore.enclave.crypto import BucketSealer
 
@@ -240,8 +240,10 @@ def test_nonces_never_repeat() -> None:
             d, m = ts.checkout_branch(leaf)
             ts.checkin_branch(leaf, d, m)
             _, heads = ts.untrusted.checkout(ts.path(leaf) - ts.untrusted_offset)
-            counters.extend(heads[:, :8].copy().view("<u8").ravel().tolist())
-        # Every bucket write drew its own counter (the GCM nonce).
+            sessions = {bytes(h[:16]) for h in heads}
+            assert sessions == {ts.session}
+            counters.extend(heads[:, 16:24].copy().view("<u8").ravel().tolist())
+        # Every bucket write drew its own counter (the GCM nonce) in the tree's one session.
         assert len(counters) == 100 * ts.levels
         assert len(set(counters)) == len(counters)
         assert ts.write_counter == max(counters) == len(counters)
@@ -257,19 +259,41 @@ def test_the_key_is_used_and_never_shown(caplog: pytest.LogCaptureFixture) -> No
     for ts in (a, b):
         d, m = ts.checkout_branch(0)
         ts.checkin_branch(0, np.ones_like(d), m)
-    # Same key, same counters, same plaintext: identical ciphertext, which shows the key given
-    # is the key used (and why one key must never serve two trees that write the same way).
+    # Same key, same writes, yet nothing in common: each tree has its own salt and session.
     assert a.untrusted is not None and b.untrusted is not None
-    assert a.untrusted.checkout([0])[0].tobytes() == b.untrusted.checkout([0])[0].tobytes()
+    assert a.salt != b.salt and a.session != b.session
+    assert a.untrusted.checkout([0])[0].tobytes() != b.untrusted.checkout([0])[0].tobytes()
     for record in caplog.records:
         assert key.hex() not in record.getMessage()
 
 
-def test_bucket_sealer_refuses_to_wrap_its_counter() -> None:
+def test_the_key_given_is_the_key_used() -> None:
+    # A sealer with the same master key and salt opens what another sealed in a session;
+    # another master key or another salt does not.
+    key, other = bytes(range(32)), bytes(32)
+    sealer = BucketSealer(key, label="t")
+    sealed = bytearray(16 + 16)
+    sealer.seal_into(sealer.reserve(1), b"sixteen bytes!!!", b"aad", sealed)
+    out = bytearray(16)
+    BucketSealer(key, label="t", salt=sealer.salt).open_into(sealer.session, 1, sealed, b"aad", out)
+    assert out == b"sixteen bytes!!!"
+    for stranger in (
+        BucketSealer(other, label="t", salt=sealer.salt),
+        BucketSealer(key, label="t"),
+        BucketSealer(key, label="u", salt=sealer.salt),
+    ):
+        with pytest.raises(InvalidTag):
+            stranger.open_into(sealer.session, 1, sealed, b"aad", out)
+
+
+def test_an_exhausted_counter_starts_a_new_session() -> None:
     sealer = BucketSealer()
-    sealer._counter = (1 << 64) - 1
-    with pytest.raises(oramstore.OramStoreError, match="exhausted"):
-        sealer.next_counter()
+    session = sealer.session
+    sealer._counter = (1 << 64) - 3
+    assert sealer.reserve(2) == (1 << 64) - 2
+    assert sealer.session == session
+    assert sealer.reserve(2) == 1  # no room for two more: new key, counters from 1
+    assert sealer.session != session and sealer.counter == 2
 
 
 def test_honest_use_never_raises_integrity_errors() -> None:

@@ -190,7 +190,11 @@ def test_garbage_where_nothing_was_written_is_caught() -> None:
     honest = h.snapshot()
     # The host scribbles metadata into a bucket that was never written.
     never = int(np.flatnonzero(~honest[1].any(axis=1))[0])
-    h.store.checkin([never], np.zeros((1, h.store.data_size), np.uint8), np.ones((1, 64), np.uint8))
+    h.store.checkin(
+        [never],
+        np.zeros((1, h.store.data_size), np.uint8),
+        np.ones((1, h.store.meta_size), np.uint8),
+    )
     tampered = h.tampered_nodes(honest)
     assert h.check_every_branch(tampered) > 0
 

@@ -26,6 +26,7 @@ from oramstore.enclave import TreeStorage
 from oramstore.errors import (
     IntegrityError,
     OramStoreError,
+    PoisonedError,
     RangeInUseError,
     StashOverflowError,
     StorageReleasedError,
@@ -39,6 +40,7 @@ __all__ = [
     "IntegrityError",
     "OramStoreError",
     "PathORAM",
+    "PoisonedError",
     "RangeHandle",
     "RangeInUseError",
     "RangeStats",

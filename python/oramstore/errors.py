@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "IntegrityError",
     "OramStoreError",
+    "PoisonedError",
     "RangeInUseError",
     "StashOverflowError",
     "StorageReleasedError",
@@ -50,3 +51,15 @@ class IntegrityError(OramStoreError):
 
 class StashOverflowError(OramStoreError):
     """An ORAM stash exceeded its fixed capacity."""
+
+
+class PoisonedError(OramStoreError):
+    """An ORAM (or a tree it owns) refuses every call because an earlier access failed part-way.
+
+    Once anything goes wrong between choosing a block's new leaf and writing its branch back
+    (tampering detected, a stash overflow, a storage call that raised, an interrupt), the trusted
+    state no longer matches the untrusted memory, and going on could show the host the same
+    block's branch twice. The message says what failed first; the exception that did is the
+    ``__cause__`` of the first ``PoisonedError`` raised. The data must be recovered from a trusted
+    copy (for a durable store: reopen its last commit).
+    """

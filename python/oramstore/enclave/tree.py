@@ -8,15 +8,18 @@ The top ``treetop_levels`` levels live in trusted memory as plain numpy arrays. 
 lives in one :class:`~oramstore.UntrustedStorage`:
 
 * its data item is ``AES-256-GCM(bucket data || user metadata) || tag``;
-* its metadata item is ``counter || left child record || right child record`` (8 + 24 + 24
-  bytes, padded to 64), where a child record is that child's ``counter || tag``.
+* its metadata item is ``session || counter || left child record || right child record``
+  (16 + 8 + 40 + 40 = 104 bytes), where a child record is that child's
+  ``session || counter || tag``.
 
-The counter is the nonce, drawn from a per-tree sequence that never repeats. The associated data
-binds the bucket's tree index, its counter and its children's records. A parent's record of each
-child therefore pins the child's exact current version, and the records of the first untrusted
-level are kept in trusted memory: a Merkle tree whose roots the host cannot touch. A counter of
-0 means "never written": such a bucket must have all-zero metadata and reads as zeros, and it is
-accepted only where its parent's record says so.
+The session and counter name the key and nonce the bucket was sealed under (see
+:mod:`oramstore.enclave.crypto`: keys are per instance and per session, counters never repeat
+within a session). The associated data binds the instance's salt, the bucket's tree index, its
+session and counter and its children's records. A parent's record of each child therefore pins
+the child's exact current version, and the records of the first untrusted level are kept in
+trusted memory: a Merkle tree whose roots the host cannot touch. A counter of 0 means "never
+written": such a bucket must have all-zero metadata and reads as zeros, and it is accepted only
+where its parent's record says so.
 """
 
 from __future__ import annotations
@@ -32,28 +35,35 @@ from cryptography.exceptions import InvalidTag
 
 from oramstore._closing import Closing
 from oramstore._native import UntrustedStorage
-from oramstore.enclave.crypto import TAG_BYTES, BucketSealer
-from oramstore.errors import IntegrityError, StorageReleasedError
+from oramstore.enclave.crypto import (
+    COUNTER_BYTES,
+    SESSION_BYTES,
+    TAG_BYTES,
+    BucketSealer,
+    KeyLike,
+    NoCopy,
+    fork_hooks,
+)
+from oramstore.errors import IntegrityError, PoisonedError, StorageReleasedError
 
 __all__ = ["DEFAULT_TREETOP_BYTES", "TreeStorage"]
 
 DEFAULT_TREETOP_BYTES = 32 << 20
 MAX_HEIGHT = 48
 
-_COUNTER = 8
-_RECORD = _COUNTER + TAG_BYTES  # a child's counter and tag
-_HEADER = _COUNTER + 2 * _RECORD  # bytes of a metadata item that are authenticated
-_META_ITEM = 64  # the metadata item, padded to a multiple of 8 as the OCALL interface wants
-_LEFT = slice(_COUNTER, _COUNTER + _RECORD)
-_RIGHT = slice(_COUNTER + _RECORD, _HEADER)
+_VERSION = SESSION_BYTES + COUNTER_BYTES  # the session and counter a bucket was sealed in
+_RECORD = _VERSION + TAG_BYTES  # a child's version and tag
+_HEADER = _VERSION + 2 * _RECORD  # a metadata item: all of it is authenticated
+_META_ITEM = _HEADER  # 104 bytes, a multiple of 8 as the OCALL interface wants
+_LEFT = slice(_VERSION, _VERSION + _RECORD)
+_RIGHT = slice(_VERSION + _RECORD, _HEADER)
 _NEVER_WRITTEN = bytes(_RECORD)
 _ZERO_META = bytes(_META_ITEM)
-_PADDING = bytes(_META_ITEM - _HEADER)
 
 Bytes = npt.NDArray[np.uint8]
 
 
-class TreeStorage(Closing):
+class TreeStorage(NoCopy, Closing):
     """A tree of ``2**(height+1) - 1`` buckets of ``bucket_size`` data bytes and ``meta_size``
     metadata bytes, with the top levels in trusted memory and the rest encrypted and
     authenticated in untrusted memory.
@@ -62,16 +72,21 @@ class TreeStorage(Closing):
         height: levels below the root; a branch has ``height + 1`` buckets.
         bucket_size: data bytes per bucket.
         meta_size: user metadata bytes per bucket (may be 0).
-        key: 32-byte AES-256-GCM key; a random one per tree if omitted. Never logged and
-            never written to untrusted memory.
+        key: 32-byte master key (any bytes-like object); a random one if omitted. Never
+            logged and never written to untrusted memory. Buckets are sealed under keys
+            derived from it, the tree's random salt and its session, so one key may serve any
+            number of trees and processes without a nonce ever repeating.
         treetop_bytes: trusted memory for the top levels (whole levels that fit are kept).
+        label: a name for the tree, mixed into its key derivation.
 
     Nothing is written at creation: a height-20 tree of 16 KiB buckets is ready in
     milliseconds. Every bucket reads as zeros until it is first written.
 
     Use: :meth:`checkout_branch`, then :meth:`checkin_branch` of the same leaf. Any failed check
     raises :class:`~oramstore.IntegrityError` naming the bucket and leaves the trusted state as
-    it was. The object is safe to share between threads (calls are serialised).
+    it was. The object is safe to share between threads (calls are serialised). It cannot be
+    copied or pickled (a copy would reuse its nonces); a ``fork()``ed child starts a session of
+    its own.
     """
 
     def __init__(
@@ -80,14 +95,16 @@ class TreeStorage(Closing):
         bucket_size: int,
         meta_size: int,
         *,
-        key: bytes | None = None,
+        key: KeyLike | None = None,
         treetop_bytes: int = DEFAULT_TREETOP_BYTES,
+        label: str = "tree",
     ) -> None:
         height = _int_arg(height, "height", 0, MAX_HEIGHT)
         bucket_size = _int_arg(bucket_size, "bucket_size", 1, 1 << 40)
         meta_size = _int_arg(meta_size, "meta_size", 0, 1 << 40)
         treetop_bytes = _int_arg(treetop_bytes, "treetop_bytes", 0, 1 << 62)
-        self._sealer = BucketSealer(key)
+        self._sealer = BucketSealer(key, label=label)
+        self._salt = self._sealer.salt
         self.height = height
         self.bucket_size = bucket_size
         self.meta_size = meta_size
@@ -119,6 +136,8 @@ class TreeStorage(Closing):
         self._pending: _Pending | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._poisoned: str | None = None
+        fork_hooks.add(self)
 
     # --- shape ---------------------------------------------------------------------------
 
@@ -144,8 +163,18 @@ class TreeStorage(Closing):
 
     @property
     def write_counter(self) -> int:
-        """Number of untrusted bucket writes so far (the last nonce used)."""
+        """Number of untrusted bucket writes in this session (the last counter used)."""
         return self._sealer.counter
+
+    @property
+    def salt(self) -> bytes:
+        """The instance's random salt, bound into every bucket's key and associated data."""
+        return self._salt
+
+    @property
+    def session(self) -> bytes:
+        """The current session's id; buckets written now are sealed under its key."""
+        return self._sealer.session
 
     def path(self, leaf: int) -> npt.NDArray[np.int64]:
         """Tree indices of the buckets on the branch to ``leaf``, root first."""
@@ -270,9 +299,29 @@ class TreeStorage(Closing):
 
     # --- internals -------------------------------------------------------------------------
 
+    def poison(self, reason: str) -> None:
+        """Refuse every later access, with ``reason``: the owner of the tree (an ORAM) calls
+        this when an access failed part-way and the tree's contents can no longer be trusted
+        to match its own state."""
+        with self._lock:
+            if self._poisoned is None:
+                self._poisoned = reason
+
+    @property
+    def poisoned(self) -> str | None:
+        """Why the tree refuses accesses, or None while it accepts them."""
+        return self._poisoned
+
+    def _after_fork(self) -> None:
+        # A thread of the parent may have held the lock when it forked; the child has no such
+        # thread. (The sealer starts a session of its own through its own hook.)
+        self._lock = threading.Lock()
+
     def _check_open(self) -> None:
         if self._closed:
             raise StorageReleasedError("the tree storage is closed")
+        if self._poisoned is not None:
+            raise PoisonedError(self._poisoned)
 
     def _check_leaf(self, leaf: int) -> int:
         try:
@@ -343,10 +392,11 @@ class TreeStorage(Closing):
         sealed_flat = sealed.data.cast("B")
         row = sealed.shape[1]
         open_into = self._sealer.open_into
+        salt = self._salt
         last = len(nodes) - 1
         for j, node in enumerate(nodes):
             head = heads[j * _META_ITEM : (j + 1) * _META_ITEM]
-            counter = int.from_bytes(expected[:_COUNTER], "little")
+            counter = int.from_bytes(expected[SESSION_BYTES:_VERSION], "little")
             if counter == 0:
                 if head != _ZERO_META:
                     raise IntegrityError(
@@ -358,18 +408,22 @@ class TreeStorage(Closing):
                 continue
             end = (j + 1) * row
             if (
-                head[:_COUNTER] != expected[:_COUNTER]
-                or sealed_flat[end - TAG_BYTES : end] != expected[_COUNTER:]
+                head[:_VERSION] != expected[:_VERSION]
+                or sealed_flat[end - TAG_BYTES : end] != expected[_VERSION:]
             ):
                 raise IntegrityError(
                     f"bucket {node} is not the version its parent records "
                     "(replayed, rolled back, swapped or zeroed)",
                     index=node,
                 )
-            if head[_HEADER:] != _PADDING:
-                raise IntegrityError(f"bucket {node} has nonzero padding", index=node)
             try:
-                open_into(counter, sealed[j], node.to_bytes(8, "little") + head[:_HEADER], out[j])
+                open_into(
+                    expected[:SESSION_BYTES],
+                    counter,
+                    sealed[j],
+                    salt + node.to_bytes(8, "little") + head,
+                    out[j],
+                )
             except InvalidTag:
                 raise IntegrityError(
                     f"bucket {node} failed authentication (its bytes were modified)", index=node
@@ -394,6 +448,8 @@ class TreeStorage(Closing):
         heads[:] = checked_out
         seal_into = self._sealer.seal_into
         counter = self._sealer.reserve(n)
+        session = self._sealer.session
+        salt = self._salt
         node_list = nodes.tolist()
         record = b""
         for j in range(n - 1, -1, -1):
@@ -402,13 +458,16 @@ class TreeStorage(Closing):
             if j < n - 1:
                 slot = at + (_LEFT.start if node_list[j + 1] % 2 == 0 else _RIGHT.start)
                 heads[slot : slot + _RECORD] = record
-            counter_bytes = counter.to_bytes(_COUNTER, "little")
-            heads[at : at + _COUNTER] = counter_bytes
+            version = session + counter.to_bytes(COUNTER_BYTES, "little")
+            heads[at : at + _VERSION] = version
             seal_into(
-                counter, plain[j], node.to_bytes(8, "little") + heads[at : at + _HEADER], sealed[j]
+                counter,
+                plain[j],
+                salt + node.to_bytes(8, "little") + heads[at : at + _HEADER],
+                sealed[j],
             )
             end = (j + 1) * row
-            record = counter_bytes + sealed_flat[end - TAG_BYTES : end].tobytes()
+            record = version + sealed_flat[end - TAG_BYTES : end].tobytes()
             counter += 1
         self.untrusted.checkin(nodes - self._offset, sealed, heads)
         return record

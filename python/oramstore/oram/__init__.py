@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from oramstore.oram.path import DEFAULT_STASH_SIZE, PathORAM
+from oramstore.oram.path import DEFAULT_STASH_SIZE, MIN_BUCKET_SIZE, PathORAM, min_stash_size
 from oramstore.oram.position import ArrayPositionMap, PositionMap, RecursivePositionMap
 
 __all__ = [
     "DEFAULT_STASH_SIZE",
+    "MIN_BUCKET_SIZE",
     "ArrayPositionMap",
     "PathORAM",
     "PositionMap",
     "RecursivePositionMap",
+    "min_stash_size",
 ]

@@ -17,12 +17,16 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from oramstore._closing import Closing
+from oramstore.enclave.crypto import KeyLike, NoCopy, check_key, fork_hooks, new_key
 from oramstore.enclave.tree import DEFAULT_TREETOP_BYTES, TreeStorage
-from oramstore.errors import IntegrityError, StashOverflowError, StorageReleasedError
+from oramstore.errors import (
+    IntegrityError,
+    PoisonedError,
+    StashOverflowError,
+    StorageReleasedError,
+)
 from oramstore.oram.position import (
     ENTRY_BYTES,
     MAX_LEAVES,
@@ -35,18 +39,54 @@ from oramstore.oram.position import (
 __all__ = [
     "DEFAULT_POSITION_MAP_THRESHOLD",
     "DEFAULT_STASH_SIZE",
+    "MIN_BUCKET_SIZE",
     "POSITIONS_PER_BLOCK",
     "PathORAM",
+    "min_stash_size",
 ]
 
-DEFAULT_STASH_SIZE = 160
-"""Stash capacity in blocks, for Z=4 and ``block_count / 4`` leaves.
+MIN_BUCKET_SIZE = 3
+"""The smallest Z accepted. With Z = 2 at full utilisation the stash's typical occupancy grows
+with the number of blocks, so no fixed capacity keeps overflows rare."""
 
-``benches/bench_stash_tail.py`` measures the tail of the stash occupancy at full utilisation:
-P(stash > R) falls by a factor of two per block, from about 2^-6.3 at R = 0, so 75 blocks put
-an overflow below 2^-80 per access and 107 below 2^-80 over 2^32 accesses. 160 leaves a wide
-margin over both. Smaller Z needs a larger stash.
-"""
+# log2 P(stash > R) = a + b R, fitted to the far tail (P <= 1/8) of the stash occupancy that
+# ``benches/bench_stash_tail.py`` measured over 10^6 accesses at full utilisation (N = 4096,
+# N / Z leaves). Z >= 6 uses the entry for 6, since larger buckets only shorten the tail.
+_STASH_TAIL = {3: (-2.96, -0.756), 4: (-6.07, -1.207), 5: (-8.03, -1.163), 6: (-9.70, -1.459)}
+_OVERFLOW_BITS = 64
+_STASH_MARGIN = 2.0
+
+
+def min_stash_size(bucket_size: int) -> int:
+    """The smallest stash capacity accepted for buckets of ``bucket_size`` blocks.
+
+    It is the capacity at which the measured tail, extrapolated, puts an overflow below
+    2^-64 per access, doubled as a margin for the extrapolation: 162 blocks for Z = 3, 96 for
+    Z = 4 and 5, 75 for Z >= 6.
+
+    Raises:
+        ValueError: ``bucket_size`` is below :data:`MIN_BUCKET_SIZE`.
+    """
+    try:
+        z = int(bucket_size.__index__())
+    except AttributeError:
+        raise TypeError(f"bucket_size must be an int, got {type(bucket_size).__name__}") from None
+    if z < MIN_BUCKET_SIZE:
+        raise ValueError(
+            f"bucket_size must be at least {MIN_BUCKET_SIZE}, got {z}: with smaller buckets "
+            "the stash grows with the number of blocks and no fixed stash bounds overflows"
+        )
+    # A larger bucket never needs a larger stash than a smaller one does; taking the least
+    # over the measured Z up to this one keeps the sizes monotone despite the fits' noise.
+    return min(
+        math.ceil(_STASH_MARGIN * (-_OVERFLOW_BITS - a) / b)
+        for size, (a, b) in _STASH_TAIL.items()
+        if size <= z
+    )
+
+
+DEFAULT_STASH_SIZE = min_stash_size(4)
+"""The default stash capacity for the default Z = 4 (:func:`min_stash_size`)."""
 
 DEFAULT_POSITION_MAP_THRESHOLD = 1 << 20
 """Above this many blocks the position map is itself an ORAM (4 MiB of trusted memory below)."""
@@ -70,6 +110,11 @@ class _Leaves:
     def __init__(self, leaf_count: int) -> None:
         self._mask = leaf_count - 1  # leaf_count is a power of two, so masking is uniform
         self._pool: list[int] = []
+        fork_hooks.add(self)
+
+    def _after_fork(self) -> None:
+        # A child that went on drawing from its parent's pool would choose the same leaves.
+        self._pool = []
 
     def __call__(self) -> int:
         if not self._pool:
@@ -78,17 +123,7 @@ class _Leaves:
         return self._pool.pop()
 
 
-def _subkey(key: bytes | None, label: str) -> bytes | None:
-    """A key of its own for each tree: two trees under one key would reuse GCM nonces."""
-    if key is None:
-        return None
-    if len(key) != 32:
-        raise ValueError(f"key must be 32 bytes, got {len(key)}")
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label.encode())
-    return hkdf.derive(bytes(key))
-
-
-class PathORAM(Closing):
+class PathORAM(NoCopy, Closing):
     """An oblivious store of ``block_count`` blocks of ``block_size`` bytes.
 
     Args:
@@ -96,10 +131,12 @@ class PathORAM(Closing):
         block_size: bytes per block.
         bucket_size: blocks per bucket (Z). The tree has about ``block_count / bucket_size``
             leaves, so untrusted memory is about twice the user data.
-        stash_size: blocks the stash may hold between accesses; exceeding it raises
-            :class:`~oramstore.StashOverflowError` and undoes the access.
-        key: 32-byte master key; each tree (data and position maps) gets its own key derived
-            from it with HKDF. Random if omitted.
+        stash_size: blocks the stash may hold between accesses; by default the size that keeps
+            an overflow below 2^-64 per access for this Z (:func:`min_stash_size`), and never
+            less. Exceeding it raises :class:`~oramstore.StashOverflowError`.
+        key: 32-byte master key (any bytes-like object). Each tree (data and position maps)
+            seals under keys derived from it, its own random salt and its session, so one key
+            may serve any number of ORAMs. Random if omitted.
         treetop_bytes: trusted memory for each tree's top levels.
         position_map: ``"array"`` (trusted, 4 bytes per block), ``"recursive"`` (a smaller
             PathORAM), or ``"auto"`` (array up to ``position_map_threshold`` blocks).
@@ -109,6 +146,15 @@ class PathORAM(Closing):
     checks in exactly one branch of the data tree, chosen uniformly at random, plus the position
     map's own accesses. Tampering with untrusted memory raises
     :class:`~oramstore.IntegrityError` from the tree below.
+
+    The ORAM fails closed: once an access fails part-way, for whatever reason (tampering, a
+    stash overflow, a storage call that raised, an interrupt), that access's exception is
+    raised and every later call raises :class:`~oramstore.PoisonedError`, in this ORAM and in
+    the ORAMs of its position map. Going on would risk showing the host the failed block's
+    branch again. Bad arguments are checked before anything happens and poison nothing.
+
+    It cannot be copied or pickled (the copy would reuse its nonces); a ``fork()``ed child
+    seals under sessions of its own and draws its own leaves.
     """
 
     def __init__(
@@ -117,8 +163,8 @@ class PathORAM(Closing):
         block_size: int,
         *,
         bucket_size: int = 4,
-        stash_size: int = DEFAULT_STASH_SIZE,
-        key: bytes | None = None,
+        stash_size: int | None = None,
+        key: KeyLike | None = None,
         treetop_bytes: int = DEFAULT_TREETOP_BYTES,
         position_map: Literal["auto", "array", "recursive"] = "auto",
         position_map_threshold: int = DEFAULT_POSITION_MAP_THRESHOLD,
@@ -127,8 +173,17 @@ class PathORAM(Closing):
         block_count = _positive(block_count, "block_count")
         block_size = _positive(block_size, "block_size")
         z = _positive(bucket_size, "bucket_size")
+        least = min_stash_size(z)
+        if stash_size is None:
+            stash_size = least
         stash_size = _non_negative(stash_size, "stash_size")
+        if stash_size < least:
+            raise ValueError(
+                f"stash_size {stash_size} is too small for bucket_size {z}: overflow stays "
+                f"below 2^-64 per access only from {least} blocks on"
+            )
         position_map_threshold = _positive(position_map_threshold, "position_map_threshold")
+        key = new_key() if key is None else check_key(key)
         if position_map not in ("auto", "array", "recursive"):
             raise ValueError(
                 f"position_map must be 'auto', 'array' or 'recursive', got {position_map!r}"
@@ -147,8 +202,9 @@ class PathORAM(Closing):
             height,
             z * (block_size + _SLOT_META),
             0,
-            key=_subkey(key, f"oramstore/{_label}"),
+            key=key,
             treetop_bytes=treetop_bytes,
+            label=f"oramstore/{_label}",
         )
         self._height = height
         self._leaves = _Leaves(1 << height)
@@ -196,6 +252,10 @@ class PathORAM(Closing):
         self._accesses = 0
         self._lock = threading.RLock()
         self._closed = False
+        self._in_flight = False  # between drawing a new leaf and finishing the checkin
+        self._poisoned: str | None = None
+        self._poison_cause: BaseException | None = None
+        fork_hooks.add(self)
 
     # --- description -----------------------------------------------------------------------
 
@@ -266,8 +326,9 @@ class PathORAM(Closing):
         self._access(index, put, write=True)
 
     def read_many(self, indices: Iterable[int]) -> Bytes:
-        """The blocks at ``indices``, one access each, as a ``(k, block_size)`` array."""
-        wanted = list(indices)
+        """The blocks at ``indices``, one access each, as a ``(k, block_size)`` array. Every
+        index is checked before the first access."""
+        wanted = [self._check_index(index) for index in indices]
         out: Bytes = np.empty((len(wanted), self._block_size), np.uint8)
         for k, index in enumerate(wanted):
 
@@ -300,8 +361,14 @@ class PathORAM(Closing):
 
             self._access(index, put, write=True)
 
+    @property
+    def poisoned(self) -> str | None:
+        """Why the ORAM refuses every call (see :class:`~oramstore.PoisonedError`), or None."""
+        return self._poisoned
+
     def close(self) -> None:
-        """Release the untrusted memory of the tree and the position map."""
+        """Release the untrusted memory of the tree and the position map (also when
+        poisoned)."""
         with self._lock:
             if self._closed:
                 return
@@ -317,22 +384,59 @@ class PathORAM(Closing):
         """One oblivious access: ``update`` sees the block as a writable array (zeros if never
         written) and may change it in place when ``write`` is true."""
         with self._lock:
-            if self._closed:
-                raise StorageReleasedError("the ORAM is closed")
+            self._check_usable()
             index = self._check_index(index)
-            new_leaf = self._leaves()
-            old_leaf = self._positions.swap(index, new_leaf)
-            leaf = old_leaf if old_leaf != UNASSIGNED else self._leaves()
+            # From here until the branch is back, a failure leaves the position map, the stash
+            # and the tree out of step, and the host has seen the branch: fail closed.
+            self._in_flight = True
             try:
-                return self._serve(index, leaf, new_leaf, update, write)
-            except (StashOverflowError, IntegrityError):
-                # Both come before anything changed: the branch failed its checks, or would
-                # have overflowed the stash. The block keeps its leaf.
-                self._positions.swap(index, old_leaf)
+                new_leaf = self._leaves()
+                old_leaf = self._positions.swap(index, new_leaf, create=write)
+                assigned = old_leaf != UNASSIGNED
+                leaf = old_leaf if assigned else self._leaves()
+                result = self._serve(index, leaf, assigned, new_leaf, update, write)
+            except BaseException as error:
+                self._poison(f"{type(error).__name__}: {error}", error)
                 raise
+            self._in_flight = False
+            return result
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StorageReleasedError("the ORAM is closed")
+        if self._in_flight and self._poisoned is None:
+            # An access was cut short where no handler ran (an exception raised between two
+            # statements of the handler itself, say).
+            self._poison("an access was interrupted", None)
+        if self._poisoned is not None:
+            raise PoisonedError(
+                "the ORAM refuses every call since an access failed part-way "
+                f"({self._poisoned}); recover its contents from a trusted copy"
+            ) from self._poison_cause
+
+    def _poison(self, reason: str, cause: BaseException | None) -> None:
+        """Refuse every later call here, in the tree and in the position map's ORAMs."""
+        if self._poisoned is None:
+            self._poisoned = reason
+            self._poison_cause = cause
+        self.tree.poison(reason)
+        self._positions.poison(reason)
+
+    def _after_fork(self) -> None:
+        # The lock may have been held by a thread of the parent, which the child lacks; an
+        # access of that thread was cut in two.
+        self._lock = threading.RLock()
+        if self._in_flight:
+            self._poison("the process forked during an access", None)
 
     def _serve(
-        self, index: int, leaf: int, new_leaf: int, update: Callable[[Bytes], R], write: bool
+        self,
+        index: int,
+        leaf: int,
+        assigned: bool,
+        new_leaf: int,
+        update: Callable[[Bytes], R],
+        write: bool,
     ) -> R:
         size = self._block_size
         nodes = self.tree.checkout_lower(leaf)
@@ -361,29 +465,42 @@ class PathORAM(Closing):
             target = ids.index(index + 1)
         except ValueError:
             target = -1
+        # A block is stored (once, on its leaf's branch or in the stash) exactly when the
+        # position map gives it a leaf. The tree's MACs make this hold against the host; it is
+        # checked anyway, so that a broken invariant is an error and never zeros.
         if target < 0:
+            if assigned:
+                raise IntegrityError(
+                    f"block {index} has leaf {leaf} but is neither on its branch nor in the stash"
+                )
             block = scratch
             block[:] = 0
-            if write:  # a new block, born in the scratch row
+            if write:  # a new block, born in the scratch row; a read creates nothing
                 target = len(ids)
                 ids.append(index + 1)
                 leaves.append(new_leaf)
                 origin.append(-2)
-        elif target < stashed:
-            block = self._stash_data[self._stash_rows[target], :size]
         else:
-            block = self._slots[prow[origin[target]], :size]
-        if target >= 0:
+            if not assigned or leaves[target] != leaf or ids.count(index + 1) != 1:
+                raise IntegrityError(
+                    f"block {index} is stored where the position map does not put it "
+                    f"(expected leaf {leaf if assigned else None}, found {leaves[target]})"
+                )
+            if target < stashed:
+                block = self._stash_data[self._stash_rows[target], :size]
+            else:
+                block = self._slots[prow[origin[target]], :size]
             leaves[target] = new_leaf
 
         level_of = self._evict(leaves, origin, leaf)
         kept = [c for c, level in enumerate(level_of) if level < 0]
         if len(kept) > self._stash_size:
-            # Undo: the branch goes back as it came and the stash keeps what it had.
+            # The branch goes back as it came, so that the host sees an access of the usual
+            # shape; the ORAM then refuses further calls (the caller poisons it).
             self.tree.checkin_lower(leaf)
             raise StashOverflowError(
                 f"the stash would hold {len(kept)} blocks, more than its capacity of "
-                f"{self._stash_size}; the access was undone"
+                f"{self._stash_size}"
             )
         result = update(block)
         self._rearrange(prow, ids, leaves, origin, level_of, kept, stashed, target)

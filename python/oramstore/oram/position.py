@@ -31,12 +31,18 @@ MAX_LEAVES = (1 << 32) - 1
 class PositionMap(Protocol):
     """What a tree ORAM asks of its position map."""
 
-    def swap(self, index: int, leaf: int) -> int:
-        """Set block ``index``'s leaf (or :data:`UNASSIGNED`) and return the previous one."""
+    def swap(self, index: int, leaf: int, *, create: bool = True) -> int:
+        """Set block ``index``'s leaf and return the previous one (:data:`UNASSIGNED` if it had
+        none). With ``create`` false, a block without a leaf keeps none: a read of a block
+        never written stores nothing, and the map says so in the same lookup."""
         ...
 
     def close(self) -> None:
         """Release what the map holds."""
+        ...
+
+    def poison(self, reason: str) -> None:
+        """Refuse every later lookup: the ORAM that owns the map failed part-way."""
         ...
 
     @property
@@ -51,14 +57,19 @@ class ArrayPositionMap:
     def __init__(self, count: int) -> None:
         self._entries = np.zeros(count, np.uint32)
 
-    def swap(self, index: int, leaf: int) -> int:
+    def swap(self, index: int, leaf: int, *, create: bool = True) -> int:
         entries = self._entries
         old = int(entries[index]) - 1
-        entries[index] = leaf + 1
+        if create or old != UNASSIGNED:
+            entries[index] = leaf + 1
         return old
 
     def close(self) -> None:
         self._entries = np.zeros(0, np.uint32)
+
+    def poison(self, reason: str) -> None:
+        # The array lives in trusted memory and is only reached through its poisoned owner.
+        pass
 
     @property
     def trusted_bytes(self) -> int:
@@ -78,19 +89,23 @@ class RecursivePositionMap:
         self.inner = inner
         self.per_block = per_block
 
-    def swap(self, index: int, leaf: int) -> int:
+    def swap(self, index: int, leaf: int, *, create: bool = True) -> int:
         block, offset = divmod(index, self.per_block)
 
         def update(data: np.ndarray) -> int:
             entries = data.view(np.uint32)
             old = int(entries[offset]) - 1
-            entries[offset] = leaf + 1
+            if create or old != UNASSIGNED:
+                entries[offset] = leaf + 1
             return old
 
         return self.inner._access(block, update, write=True)
 
     def close(self) -> None:
         self.inner.close()
+
+    def poison(self, reason: str) -> None:
+        self.inner._poison(reason, None)
 
     @property
     def trusted_bytes(self) -> int:
