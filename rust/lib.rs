@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod copy;
+pub mod file;
 pub mod ocall;
 pub mod segment;
 pub mod storage;
@@ -17,9 +18,7 @@ mod py;
 #[pyo3::pymodule]
 fn _native(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
     use pyo3::prelude::*;
-    pyo3_log::Logger::new(m.py(), pyo3_log::Caching::Nothing)?
-        .install()
-        .ok();
+    py::logging::install(m.py())?;
     m.add_class::<py::storage::PyUntrustedStorage>()?;
     m.add_class::<py::alloc::PyUntrustedAllocator>()?;
     m.add_class::<py::alloc::PyAllocation>()?;

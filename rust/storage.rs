@@ -10,14 +10,20 @@
 //! the order given, and [`Storage::checkin`] copies them back. Every argument is checked before
 //! a single byte moves, so a rejected call leaves both the storage and the caller's buffers as
 //! they were.
+//!
+//! The items may also live in a file ([`Storage::create_file`], [`Storage::open_file`]; see
+//! [`crate::file`]): the same calls, with the same checks, then read and write the file, and
+//! [`Storage::flush`] makes what was written durable.
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use rayon::prelude::*;
 
 use crate::copy::copy_bytes;
+use crate::file::{FileError, FileStore};
 use crate::segment::Segment;
 
 /// Everything that can go wrong with a storage call.
@@ -240,13 +246,17 @@ pub fn check_distinct(indices: &[u64]) -> Result<(), StorageError> {
 /// A stretch of the batch whose indices are consecutive, so that its items lie side by side
 /// both in the segment and in the caller's buffer and move with one copy.
 #[derive(Debug, PartialEq, Eq)]
-struct Run {
-    first: u64,
-    position: usize,
-    len: usize,
+pub(crate) struct Run {
+    /// The first index of the run.
+    pub(crate) first: u64,
+    /// The position of that index in the batch.
+    pub(crate) position: usize,
+    /// How many indices the run has.
+    pub(crate) len: usize,
 }
 
-fn runs(indices: &[u64]) -> impl Iterator<Item = Run> + '_ {
+/// The runs of a batch, in batch order: each starts where the previous one ended.
+pub(crate) fn runs(indices: &[u64]) -> impl Iterator<Item = Run> + '_ {
     let mut position = 0;
     std::iter::from_fn(move || {
         let rest = indices.get(position..).filter(|r| !r.is_empty())?;
@@ -329,15 +339,23 @@ struct Segments {
     meta: Segment,
 }
 
-/// Fixed-size items in two lazily mapped segments, moved in and out in batches.
+/// Where a live storage keeps its items. Dropping it gives the memory back or closes the file.
+enum Backend {
+    Memory(Segments),
+    File(FileStore),
+}
+
+/// Fixed-size items in two lazily mapped segments or in a file, moved in and out in batches.
 ///
 /// Checkouts take a shared lock and may run in parallel; checkins and release take the lock
-/// exclusively, so a release never unmaps memory that a copy is still using.
+/// exclusively, so a release never unmaps memory (or closes a file) that a copy is still using.
 pub struct Storage {
     layout: Layout,
     serial: u64,
     accounted: u64,
-    segments: RwLock<Option<Segments>>,
+    /// The file's path, for a storage in a file; kept after release for the description.
+    path: Option<PathBuf>,
+    backend: RwLock<Option<Backend>>,
 }
 
 impl Storage {
@@ -349,7 +367,7 @@ impl Storage {
         };
         let data = map(layout.data_bytes())?;
         let meta = map(layout.meta_bytes())?;
-        Ok(Storage::assemble(layout, data, meta))
+        Ok(Storage::assemble_segments(layout, data, meta))
     }
 
     /// Creates a storage in segments placed elsewhere (an allocator's blocks, say).
@@ -376,18 +394,84 @@ impl Storage {
         if !meta.is_anonymous() {
             meta.zero();
         }
-        Ok(Storage::assemble(layout, data, meta))
+        Ok(Storage::assemble_segments(layout, data, meta))
     }
 
-    fn assemble(layout: Layout, data: Segment, meta: Segment) -> Storage {
+    /// Creates a storage in a new file at `path`, which must not exist.
+    ///
+    /// Only the header is written and the file's length set: the file is sparse, and takes
+    /// disk space as items are written. Never-written items read zero, data and metadata.
+    pub fn create_file(
+        path: &Path,
+        count: u64,
+        data_size: u64,
+        meta_size: u64,
+    ) -> Result<Storage, StorageError> {
+        let layout = Layout::new(count, data_size, meta_size)?;
+        let path = absolute(path);
+        let file = FileStore::create(&path, layout)?;
+        Ok(Storage::assemble_file(file))
+    }
+
+    /// Opens the storage in the file at `path`, made by [`Storage::create_file`]. Its header
+    /// gives the sizes; a size given here must match it.
+    pub fn open_file(
+        path: &Path,
+        count: Option<u64>,
+        data_size: Option<u64>,
+        meta_size: Option<u64>,
+    ) -> Result<Storage, StorageError> {
+        let path = absolute(path);
+        let file = FileStore::open(&path)?;
+        let found = file.header().layout;
+        for (which, given, found) in [
+            ("count", count, found.count),
+            ("data_size", data_size, found.data_size as u64),
+            ("meta_size", meta_size, found.meta_size as u64),
+        ] {
+            if let Some(given) = given.filter(|&given| given != found) {
+                return Err(FileError::Mismatch {
+                    path,
+                    which,
+                    found,
+                    given,
+                }
+                .into());
+            }
+        }
+        Ok(Storage::assemble_file(file))
+    }
+
+    fn assemble_segments(layout: Layout, data: Segment, meta: Segment) -> Storage {
+        let place = data.kind().to_string();
+        let bytes = data.len() + meta.len();
+        let backend = Backend::Memory(Segments { data, meta });
+        Storage::assemble(layout, backend, bytes, None, place)
+    }
+
+    fn assemble_file(file: FileStore) -> Storage {
+        let layout = file.header().layout;
+        let path = file.path().to_owned();
+        let place = format!("file {}", path.display());
+        // A file's logical size is accounted like the virtual size of a mapping.
+        let bytes = layout.nbytes();
+        Storage::assemble(layout, Backend::File(file), bytes, Some(path), place)
+    }
+
+    fn assemble(
+        layout: Layout,
+        backend: Backend,
+        bytes: usize,
+        path: Option<PathBuf>,
+        place: String,
+    ) -> Storage {
         let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
-        let accounted = (data.len() + meta.len()) as u64;
+        let accounted = bytes as u64;
         let total = ALLOCATED_BYTES.fetch_add(accounted, Ordering::Relaxed) + accounted;
         log::info!(
             target: "oramstore",
-            "allocated untrusted storage #{serial} in {}: count={} data_size={} meta_size={} \
+            "allocated untrusted storage #{serial} in {place}: count={} data_size={} meta_size={} \
              bytes={accounted} total={total}",
-            data.kind(),
             layout.count,
             layout.data_size,
             layout.meta_size,
@@ -396,7 +480,8 @@ impl Storage {
             layout,
             serial,
             accounted,
-            segments: RwLock::new(Some(Segments { data, meta })),
+            path,
+            backend: RwLock::new(Some(backend)),
         }
     }
 
@@ -407,7 +492,13 @@ impl Storage {
 
     /// Whether [`Storage::release`] has been called.
     pub fn is_released(&self) -> bool {
-        self.segments.read().is_none()
+        self.backend.read().is_none()
+    }
+
+    /// The file the storage keeps its items in (an absolute path), or `None` for a storage in
+    /// memory. Stays readable after release.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Copies the items at `indices` into `data_out` and `meta_out`, item `k` of the batch at
@@ -421,8 +512,11 @@ impl Storage {
         let layout = &self.layout;
         layout.check_buffers(indices.len(), data_out.len(), meta_out.len())?;
         layout.check_indices(indices)?;
-        let guard = self.segments.read();
-        let segs = guard.as_ref().ok_or(StorageError::Released)?;
+        let guard = self.backend.read();
+        let segs = match guard.as_ref().ok_or(StorageError::Released)? {
+            Backend::Memory(segs) => segs,
+            Backend::File(file) => return file.checkout(indices, data_out, meta_out),
+        };
         check_no_overlap(segs, data_out.as_ptr(), data_out.len(), "data")?;
         check_no_overlap(segs, meta_out.as_ptr(), meta_out.len(), "meta")?;
         let (ds, ms) = (layout.data_size, layout.meta_size);
@@ -447,6 +541,9 @@ impl Storage {
 
     /// Copies item `k` of `data_in` and `meta_in` to the item at `indices[k]`. Indices must be
     /// distinct.
+    ///
+    /// In a file, the items are written to the page cache: [`Storage::flush`] makes them
+    /// durable.
     pub fn checkin(
         &self,
         indices: &[u64],
@@ -457,8 +554,11 @@ impl Storage {
         layout.check_buffers(indices.len(), data_in.len(), meta_in.len())?;
         layout.check_indices(indices)?;
         check_distinct(indices)?;
-        let guard = self.segments.write();
-        let segs = guard.as_ref().ok_or(StorageError::Released)?;
+        let guard = self.backend.write();
+        let segs = match guard.as_ref().ok_or(StorageError::Released)? {
+            Backend::Memory(segs) => segs,
+            Backend::File(file) => return file.checkin(indices, data_in, meta_in),
+        };
         check_no_overlap(segs, data_in.as_ptr(), data_in.len(), "data")?;
         check_no_overlap(segs, meta_in.as_ptr(), meta_in.len(), "meta")?;
         let (ds, ms) = (layout.data_size, layout.meta_size);
@@ -482,11 +582,23 @@ impl Storage {
         Ok(())
     }
 
-    /// Gives the memory back at once. Returns false if it was already released.
+    /// Makes every checkin so far durable: syncs the file's data to the disk. Memory is never
+    /// durable, so for a storage in memory this does nothing.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        match self.backend.read().as_ref() {
+            None => Err(StorageError::Released),
+            Some(Backend::Memory(_)) => Ok(()),
+            Some(Backend::File(file)) => file.flush(),
+        }
+    }
+
+    /// Gives the memory back, or closes the file, at once. Returns false if it was already
+    /// released. A file stays on disk; what was not flushed reaches it when the kernel writes
+    /// it back, unless the system crashes first.
     ///
     /// Waits for copies in progress on other threads to finish.
     pub fn release(&self) -> bool {
-        let taken = self.segments.write().take();
+        let taken = self.backend.write().take();
         let was_live = taken.is_some();
         drop(taken);
         if was_live {
@@ -508,17 +620,22 @@ impl Storage {
         );
     }
 
-    /// Bytes of both segments that are resident in physical memory.
+    /// Bytes of the storage resident in the process's physical memory. Always 0 for a file:
+    /// its bytes are in the kernel's page cache, which the process does not hold.
     pub fn resident_bytes(&self) -> Result<usize, StorageError> {
-        let guard = self.segments.read();
-        let segs = guard.as_ref().ok_or(StorageError::Released)?;
-        Ok(segs.data.resident_bytes()? + segs.meta.resident_bytes()?)
+        match self.backend.read().as_ref() {
+            None => Err(StorageError::Released),
+            Some(Backend::Memory(segs)) => {
+                Ok(segs.data.resident_bytes()? + segs.meta.resident_bytes()?)
+            }
+            Some(Backend::File(_)) => Ok(0),
+        }
     }
 }
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        if self.segments.get_mut().take().is_some() {
+        if self.backend.get_mut().take().is_some() {
             self.account_release();
         }
     }
@@ -529,9 +646,17 @@ impl std::fmt::Debug for Storage {
         f.debug_struct("Storage")
             .field("serial", &self.serial)
             .field("layout", &self.layout)
+            .field("path", &self.path)
             .field("released", &self.is_released())
             .finish()
     }
+}
+
+/// `path` made absolute against the current directory, so that the storage's path names the
+/// same file after a change of directory. A path that cannot be made absolute (an empty one)
+/// is kept as it is, and opening it fails.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 fn check_no_overlap(
@@ -820,47 +945,139 @@ mod tests {
         ]
     }
 
-    proptest! {
-        #[test]
-        fn matches_a_plain_model(ops in prop::collection::vec(op(20), 1..60)) {
-            const D: usize = 12;
-            const M: usize = 4;
-            let s = Storage::new(20, D as u64, M as u64).unwrap();
-            let mut model_meta = [0u8; 20 * M];
-            let mut model_data: Vec<Option<Vec<u8>>> = vec![None; 20];
-            for op in ops {
-                match op {
-                    Op::Checkin(idx, salt) => {
-                        let data: Vec<u8> = idx.iter().flat_map(|&i| item(i, D, salt)).collect();
-                        let meta: Vec<u8> = idx.iter().flat_map(|&i| item(i, M, !salt)).collect();
-                        let valid = idx.iter().all(|&i| i < 20) && check_distinct(&idx).is_ok();
-                        let res = s.checkin(&idx, &data, &meta);
-                        prop_assert_eq!(res.is_ok(), valid);
-                        if valid {
-                            for (k, &i) in idx.iter().enumerate() {
-                                let i = i as usize;
-                                model_data[i] = Some(data[k * D..(k + 1) * D].to_vec());
-                                model_meta[i * M..(i + 1) * M].copy_from_slice(&meta[k * M..(k + 1) * M]);
-                            }
+    /// A file in the temporary directory, removed when the test ends.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str) -> TempFile {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "oramstore-storage-{name}-{}-{}.oram",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_file(&path);
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_file_storage_keeps_the_contract_and_its_items() {
+        let file = TempFile::new("contract");
+        let s = Storage::create_file(&file.0, 100, 24, 8).unwrap();
+        assert_eq!(s.path(), Some(file.0.as_path()));
+        assert_eq!(s.resident_bytes().unwrap(), 0);
+        let mut m = [0xFFu8; 16];
+        s.checkout(&[3, 99], &mut [0; 48], &mut m).unwrap();
+        assert_eq!(m, [0; 16]);
+        let idx = [5u64, 99, 0];
+        let data: Vec<u8> = idx.iter().flat_map(|&i| item(i, 24, 1)).collect();
+        let meta: Vec<u8> = idx.iter().flat_map(|&i| item(i, 8, 2)).collect();
+        s.checkin(&idx, &data, &meta).unwrap();
+        assert!(matches!(
+            s.checkin(&[1, 1], &[0; 48], &[0; 16]),
+            Err(StorageError::DuplicateIndex { .. })
+        ));
+        assert!(matches!(
+            s.checkout(&[100], &mut [0; 24], &mut [0; 8]),
+            Err(StorageError::IndexOutOfRange { .. })
+        ));
+        s.flush().unwrap();
+        assert!(s.release());
+        assert!(matches!(s.flush(), Err(StorageError::Released)));
+        assert_eq!(s.path(), Some(file.0.as_path()));
+
+        let s = Storage::open_file(&file.0, Some(100), None, Some(8)).unwrap();
+        assert_eq!(*s.layout(), Layout::new(100, 24, 8).unwrap());
+        let mut d = vec![0u8; 3 * 24];
+        let mut m = vec![0u8; 3 * 8];
+        s.checkout(&idx, &mut d, &mut m).unwrap();
+        assert_eq!((d, m), (data, meta));
+    }
+
+    #[test]
+    fn opening_a_file_with_other_sizes_names_the_mismatch() {
+        let file = TempFile::new("mismatch");
+        drop(Storage::create_file(&file.0, 100, 24, 8).unwrap());
+        for (sizes, which) in [
+            ((Some(99), None, None), "count"),
+            ((None, Some(25), None), "data_size"),
+            ((Some(100), Some(24), Some(16)), "meta_size"),
+        ] {
+            let err = Storage::open_file(&file.0, sizes.0, sizes.1, sizes.2).unwrap_err();
+            assert!(
+                matches!(crate::file::file_error(&err), Some(FileError::Mismatch { which: w, .. }) if *w == which),
+                "{err}"
+            );
+        }
+        assert!(matches!(
+            Storage::create_file(&file.0, 0, 24, 8),
+            Err(StorageError::ZeroCount)
+        ));
+    }
+
+    fn model_run(s: &Storage, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        const D: usize = 12;
+        const M: usize = 4;
+        assert_eq!(*s.layout(), Layout::new(20, D as u64, M as u64).unwrap());
+        let mut model_meta = [0u8; 20 * M];
+        let mut model_data: Vec<Option<Vec<u8>>> = vec![None; 20];
+        for op in ops {
+            match op {
+                Op::Checkin(idx, salt) => {
+                    let data: Vec<u8> = idx.iter().flat_map(|&i| item(i, D, salt)).collect();
+                    let meta: Vec<u8> = idx.iter().flat_map(|&i| item(i, M, !salt)).collect();
+                    let valid = idx.iter().all(|&i| i < 20) && check_distinct(&idx).is_ok();
+                    let res = s.checkin(&idx, &data, &meta);
+                    prop_assert_eq!(res.is_ok(), valid);
+                    if valid {
+                        for (k, &i) in idx.iter().enumerate() {
+                            let i = i as usize;
+                            model_data[i] = Some(data[k * D..(k + 1) * D].to_vec());
+                            model_meta[i * M..(i + 1) * M]
+                                .copy_from_slice(&meta[k * M..(k + 1) * M]);
                         }
                     }
-                    Op::Checkout(idx) => {
-                        let mut d = vec![0u8; idx.len() * D];
-                        let mut m = vec![0u8; idx.len() * M];
-                        let res = s.checkout(&idx, &mut d, &mut m);
-                        prop_assert_eq!(res.is_ok(), idx.iter().all(|&i| i < 20));
-                        if res.is_ok() {
-                            for (k, &i) in idx.iter().enumerate() {
-                                let i = i as usize;
-                                prop_assert_eq!(&m[k * M..(k + 1) * M], &model_meta[i * M..(i + 1) * M]);
-                                if let Some(want) = &model_data[i] {
-                                    prop_assert_eq!(&d[k * D..(k + 1) * D], &want[..]);
-                                }
+                }
+                Op::Checkout(idx) => {
+                    let mut d = vec![0u8; idx.len() * D];
+                    let mut m = vec![0u8; idx.len() * M];
+                    let res = s.checkout(&idx, &mut d, &mut m);
+                    prop_assert_eq!(res.is_ok(), idx.iter().all(|&i| i < 20));
+                    if res.is_ok() {
+                        for (k, &i) in idx.iter().enumerate() {
+                            let i = i as usize;
+                            prop_assert_eq!(
+                                &m[k * M..(k + 1) * M],
+                                &model_meta[i * M..(i + 1) * M]
+                            );
+                            if let Some(want) = &model_data[i] {
+                                prop_assert_eq!(&d[k * D..(k + 1) * D], &want[..]);
                             }
                         }
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn matches_a_plain_model(ops in prop::collection::vec(op(20), 1..60)) {
+            model_run(&Storage::new(20, 12, 4).unwrap(), ops)?;
+        }
+
+        #[test]
+        fn a_file_storage_matches_a_plain_model(ops in prop::collection::vec(op(20), 1..60)) {
+            let file = TempFile::new("model");
+            model_run(&Storage::create_file(&file.0, 20, 12, 4).unwrap(), ops)?;
         }
     }
 }

@@ -115,3 +115,80 @@ def test_released_and_forged_ids_are_detected(lib: ctypes.CDLL) -> None:
     s.id = 2**63 + 17
     s.checkout([0])
     assert last_error(lib)[0] == UNKNOWN_ID
+
+
+def at(base: npt.NDArray[np.uint64], word: int) -> ctypes._Pointer[ctypes.c_uint64]:
+    """A pointer to word ``word`` of ``base``, or anywhere near it: nothing is dereferenced."""
+    return ctypes.cast(base.ctypes.data + 8 * word, P64)
+
+
+def test_outputs_that_overlap_each_other_or_idx_are_refused(lib: ctypes.CDLL) -> None:
+    s = Storage(lib, 16, 32, 16)  # items of 4 data words and 2 metadata words
+    s.checkin([1, 2], np.full(8, 5, np.uint64), np.full(4, 6, np.uint64))
+    idx = np.array([1, 2], np.uint64)
+    arena = np.empty(32, np.uint64)
+    # (idx position in the arena or None for a separate list, databuf start, metabuf start)
+    cases = [(None, 0, 0), (None, 0, 3), (None, 8, 6), (4, 0, 16), (17, 0, 16), (15, 0, 12)]
+    for idx_at, data_at, meta_at in cases:
+        arena[:] = 0xAA
+        i = ptr(idx)
+        if idx_at is not None:
+            arena[idx_at : idx_at + 2] = idx
+            i = at(arena, idx_at)
+        before = arena.copy()
+        lib.checkout_oram_storage(s.id, i, 2, at(arena, data_at), 8, at(arena, meta_at), 4)
+        code, message = last_error(lib)
+        assert code == BAD_BUFFER and "overlap" in message, (idx_at, data_at, meta_at, message)
+        np.testing.assert_array_equal(arena, before)
+    # Adjacent buffers are fine.
+    arena[:] = 0xAA
+    lib.checkout_oram_storage(s.id, ptr(idx), 2, at(arena, 0), 8, at(arena, 8), 4)
+    assert last_error(lib) == (0, "")
+    assert (arena[:8] == 5).all() and (arena[8:12] == 6).all() and (arena[12:] == 0xAA).all()
+    lib.release_oram_storage(s.id)
+
+
+def test_huge_lengths_are_refused_without_touching_the_pointer(
+    lib: ctypes.CDLL, storage: Storage
+) -> None:
+    dangling = ctypes.cast(8, P64)  # aligned, non-null, and nothing is mapped there
+    idx = np.array([1], np.uint64)
+    d = np.full(32, 0xAA, np.uint64)
+    m = np.full(4, 0xAA, np.uint64)
+    for huge in (2**64 - 1, 2**61, 2**60):
+        for fn in (lib.checkout_oram_storage, lib.checkin_oram_storage):
+            for args in (
+                (dangling, huge, ptr(d), 32, ptr(m), 4),
+                (ptr(idx), 1, dangling, huge, ptr(m), 4),
+                (ptr(idx), 1, ptr(d), 32, dangling, huge),
+            ):
+                fn(storage.id, *args)
+                code, message = last_error(lib)
+                assert code == BAD_BUFFER and "PTRDIFF_MAX" in message, message
+    assert (d == 0xAA).all() and (m == 0xAA).all()
+    # Lengths that fit but disagree with the batch are refused before any slice is made.
+    lib.checkout_oram_storage(storage.id, ptr(idx), 1, dangling, 2**59, dangling, 2**59)
+    code, message = last_error(lib)
+    assert code == BAD_BUFFER and "expected 256" in message, message
+
+
+def test_null_and_misaligned_pointers_are_refused(lib: ctypes.CDLL, storage: Storage) -> None:
+    idx = np.array([1], np.uint64)
+    d = np.full(33, 0xAA, np.uint64)
+    m = np.full(5, 0xAA, np.uint64)
+    null = P64()
+    odd_d = ctypes.cast(d.ctypes.data + 4, P64)
+    for args, part in [
+        ((null, 1, ptr(d), 32, ptr(m), 4), "idx is null"),
+        ((ptr(idx), 1, null, 32, ptr(m), 4), "databuf is null"),
+        ((ptr(idx), 1, ptr(d), 32, null, 4), "metabuf is null"),
+        ((ptr(idx), 1, odd_d, 32, ptr(m), 4), "not aligned"),
+    ]:
+        storage.lib.checkout_oram_storage(storage.id, *args)
+        code, message = last_error(lib)
+        assert code == BAD_BUFFER and part in message, message
+        assert (d == 0xAA).all() and (m == 0xAA).all()
+        storage.lib.checkin_oram_storage(storage.id, *args)
+        assert last_error(lib)[0] == BAD_BUFFER
+    _, meta = storage.checkout([1])
+    assert not meta.any(), "the refused checkins wrote nothing"

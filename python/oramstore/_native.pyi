@@ -5,6 +5,7 @@ any moment between two calls. The trusted layers built on top (see :mod:`oramsto
 encrypt and authenticate what they keep here.
 """
 
+import os
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self, SupportsIndex, TypeAlias, final
@@ -34,7 +35,8 @@ _Indices: TypeAlias = Iterable[SupportsIndex] | npt.NDArray[np.integer]
 @final
 class UntrustedStorage:
     """``count`` fixed-size items, each ``data_size`` bytes of data and ``meta_size`` bytes of
-    metadata, kept in two lazily mapped segments of host memory.
+    metadata, kept in two lazily mapped segments of host memory, or in a file (see
+    :meth:`open`).
 
     Creating a storage touches no memory: a multi-GiB storage is ready in microseconds and its
     resident size grows only as items are written. The metadata of an item that was never
@@ -69,6 +71,47 @@ class UntrustedStorage:
         Raises:
             MemoryError: the allocator has no room and may map no more memory.
         """
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        count: int | None = None,
+        data_size: int | None = None,
+        meta_size: int | None = None,
+        *,
+        create: bool = False,
+    ) -> Self:
+        """A storage whose items live in the file at ``path``: durable, and as large as the
+        disk allows rather than memory.
+
+        With ``create=True`` the file must not exist, and all three sizes are required: a
+        4096-byte header is written and the file's length set, and nothing else, so the file
+        is sparse and takes disk space only as items are written (a 256 GiB storage is created
+        at once). Otherwise the file must exist and its header gives the sizes; a size given
+        must match it. The layout of the file is in the README ("On a file").
+
+        The storage works like one in memory: the same checks and errors, copies with the
+        interpreter lock released, never-written items read as zeros (data too). Items move by
+        positioned reads and writes through the kernel's page cache, so the file takes none of
+        the process's memory; the disk reads of everything a batch misses in the page cache are
+        queued at once, before the call waits on any. Checkins are durable after :meth:`flush`.
+
+        The host owns the file and may change it at any time: bytes past its end (a truncated
+        file) read as zeros, and writes go exactly to the items' bytes.
+
+        Raises:
+            FileExistsError: ``create=True`` and the file exists.
+            FileNotFoundError: ``create=False`` and the file does not exist.
+            TypeError: ``create=True`` without all three sizes, or ``path`` is not a str or
+                ``os.PathLike``.
+            ValueError: a size is not valid, a size differs from the header's, or the file is
+                not a valid storage file (wrong magic or format version, sizes that overflow,
+                shorter than its header, not a regular file).
+            OSError: any other refusal by the system, with its ``errno`` and ``filename``.
+        """
+    @property
+    def path(self) -> str | None:
+        """The storage's file as an absolute path, or ``None`` for a storage in memory."""
     @property
     def count(self) -> int:
         """Number of items."""
@@ -80,14 +123,19 @@ class UntrustedStorage:
         """Bytes of metadata per item."""
     @property
     def nbytes(self) -> int:
-        """Virtual bytes of both segments, ``count * (data_size + meta_size)``."""
+        """Virtual (or, in a file, logical) bytes of both segments,
+        ``count * (data_size + meta_size)``."""
     @property
     def released(self) -> bool:
         """Whether :meth:`release` has been called."""
     def __len__(self) -> int:
         """Number of items."""
     def resident_bytes(self) -> int:
-        """Bytes of both segments resident in physical memory, as the kernel reports them."""
+        """Bytes of both segments resident in physical memory, as the kernel reports them.
+
+        Always 0 for a storage in a file: its bytes are in the kernel's page cache, which is not
+        the process's memory.
+        """
     def checkout(self, indices: _Indices) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
         """Copy the items at ``indices`` out, in the order given; an index may repeat.
 
@@ -98,6 +146,7 @@ class UntrustedStorage:
             IndexError: an index is negative or not below ``count``.
             TypeError: ``indices`` is not a sequence of ints or an integer array.
             StorageReleasedError: the storage was released.
+            OSError: reading the storage's file failed.
         """
     def checkout_into(self, indices: _Indices, data_out: _Bytes, meta_out: _Bytes) -> None:
         """Like :meth:`checkout`, into caller buffers, allocating nothing.
@@ -115,18 +164,31 @@ class UntrustedStorage:
 
         ``data`` and ``meta`` are any C-contiguous buffers (bytes, bytearray, memoryview, numpy)
         of exactly ``k * data_size`` and ``k * meta_size`` bytes. Indices must be distinct.
-        Nothing is written if any check fails.
+        Nothing is written if any check fails; in a file, an I/O error may leave part of the
+        batch written.
 
         Raises:
             IndexError: an index is negative or not below ``count``.
             ValueError: an index repeats, or a buffer has the wrong length or is not
                 C-contiguous.
             TypeError: a buffer is not a buffer.
+            OSError: writing the storage's file failed.
+        """
+    def flush(self) -> None:
+        """Make every checkin so far durable (``fdatasync`` of the file). Does nothing for a
+        storage in memory.
+
+        Raises:
+            StorageReleasedError: the storage was released.
+            OSError: the system could not write the file back.
         """
     def release(self) -> None:
-        """Give the memory back now. Any later call raises :class:`StorageReleasedError`.
+        """Give the memory back, or close the file, now. Any later call raises
+        :class:`StorageReleasedError`.
 
-        Waits for copies in progress on other threads. Calling it again does nothing.
+        The file stays on disk; release does not flush, so checkins since the last
+        :meth:`flush` may not survive a crash. Waits for copies in progress on other threads.
+        Calling it again does nothing.
         """
     def __enter__(self) -> Self: ...
     def __exit__(
@@ -138,7 +200,8 @@ class UntrustedStorage:
         """Release the storage."""
 
 def allocated_bytes() -> int:
-    """Bytes of segments held by all live storages of this process (virtual, both segments)."""
+    """Bytes of segments held by all live storages of this process (virtual, both segments; a
+    storage in a file counts its logical size)."""
 
 @final
 class UntrustedAllocator:
@@ -184,21 +247,20 @@ class UntrustedAllocator:
         bytes. The allocator holds a view of it until the range is removed, so the exporter
         can neither close nor resize it meanwhile.
 
+        Memory that a foreign library mapped is inserted by wrapping its address explicitly,
+        which makes the promise visible in the caller's code::
+
+            buf = (ctypes.c_char * length).from_address(address)
+            handle = allocator.insert_range(buf)
+
+        Nothing then keeps that memory alive: the caller must keep it mapped, readable and
+        writable until the range is removed (or the allocator dropped). A range that is not
+        entirely mapped is refused; one that is mapped without write access is not detected.
+
         Raises:
             TypeError: ``buffer`` is read-only or not a buffer.
-            ValueError: the buffer is empty, not C-contiguous, not aligned, or overlaps a range
-                the allocator already manages.
-        """
-    def insert_range_raw(self, address: int, length: int) -> RangeHandle:
-        """Manage ``length`` bytes at ``address``, memory that some foreign library mapped.
-
-        Nothing keeps that memory alive: the caller must keep it mapped, readable and writable
-        until the range is removed (or the allocator dropped). A range that is not entirely
-        mapped is refused; one that is mapped without write access is not detected.
-
-        Raises:
-            ValueError: the range is empty, not aligned to 16 bytes, not entirely mapped, or
-                overlaps a managed range.
+            ValueError: the buffer is empty, not C-contiguous, not aligned, not entirely
+                mapped, or overlaps a range the allocator already manages.
         """
     def remove_range(self, handle: RangeHandle) -> None:
         """Stop managing an inserted range and release the buffer it came from.

@@ -59,24 +59,6 @@ impl PyUntrustedAllocator {
             inserted: info.kind == RangeKind::Inserted,
         }
     }
-
-    fn insert(
-        &self,
-        py: Python<'_>,
-        start: usize,
-        len: usize,
-        owner: Option<RangeOwner>,
-    ) -> PyResult<PyRangeHandle> {
-        let inner = &self.inner;
-        let info = py.detach(move || {
-            // SAFETY: the caller of this function vouches for the memory: a held buffer view
-            // (the exporter keeps its memory mapped, writable and the same size while a view
-            // exists, and the view is the range's owner), or a raw range whose validity the
-            // Python caller promised.
-            unsafe { inner.insert_range(start as *mut u8, len, owner) }
-        })?;
-        Ok(self.handle(info))
-    }
 }
 
 #[pymethods]
@@ -132,19 +114,10 @@ impl PyUntrustedAllocator {
     fn insert_range(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<PyRangeHandle> {
         let view = ByteBuffer::writable(buffer, "buffer")?.hold();
         let (start, len) = (view.as_ptr() as usize, view.len());
-        self.insert(py, start, len, Some(Box::new(view)))
-    }
-
-    fn insert_range_raw(
-        &self,
-        py: Python<'_>,
-        address: &Bound<'_, PyAny>,
-        length: &Bound<'_, PyAny>,
-    ) -> PyResult<PyRangeHandle> {
-        let start = usize_arg(address, "address")?;
-        let len = usize_arg(length, "length")?;
-        // Ranges the allocator refuses anyway are left to its checks and their messages. For
-        // the rest, an unmapped page is the one mistake that can be caught cheaply here.
+        // An exporter vouches for its own memory, but a buffer that wraps a foreign address (a
+        // ctypes array made with `from_address`) only repeats what its caller claimed. Ranges
+        // the allocator refuses anyway are left to its checks and their messages; for the
+        // rest, an unmapped page is the one mistake that can be caught cheaply here.
         if start != 0 && len != 0 && start.checked_add(len).is_some() {
             py.detach(|| resident_bytes(start as *const u8, len))
                 .map_err(|err| {
@@ -153,7 +126,16 @@ impl PyUntrustedAllocator {
                     ))
                 })?;
         }
-        self.insert(py, start, len, None)
+        let owner: RangeOwner = Box::new(view);
+        let inner = &self.inner;
+        let info = py.detach(move || {
+            // SAFETY: the held view is the range's owner and lives until the range is removed;
+            // while it exists the exporter keeps its memory mapped, writable and the same size.
+            // For a view of foreign memory, that is the promise the caller made explicitly by
+            // wrapping the address.
+            unsafe { inner.insert_range(start as *mut u8, len, Some(owner)) }
+        })?;
+        Ok(self.handle(info))
     }
 
     fn remove_range(&self, py: Python<'_>, handle: PyRef<'_, PyRangeHandle>) -> PyResult<()> {

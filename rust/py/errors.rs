@@ -1,8 +1,12 @@
 //! Maps the core's errors onto Python exceptions.
 //!
 //! The hierarchy lives in `oramstore/errors.py`; built-in exceptions are used where the
-//! conventions call for them (`IndexError` for indices, `ValueError` for sizes and buffers,
-//! `MemoryError` when the kernel refuses memory).
+//! conventions call for them (`IndexError` for indices, `ValueError` for sizes, buffers and
+//! storage files that are not valid, `MemoryError` when the kernel refuses memory, `OSError`
+//! with its errno, and so the subclass Python picks for it, when the system refuses a file
+//! operation).
+
+use std::io;
 
 use pyo3::exceptions::{PyIndexError, PyMemoryError, PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -10,6 +14,7 @@ use pyo3::types::IntoPyDict;
 use pyo3::PyErr;
 
 use crate::alloc::AllocError;
+use crate::file::FileError;
 use crate::storage::StorageError;
 
 pyo3::import_exception!(oramstore.errors, StorageReleasedError);
@@ -22,7 +27,7 @@ impl From<StorageError> for PyErr {
             StorageError::IndexOutOfRange { .. } => PyIndexError::new_err(text),
             StorageError::Released => StorageReleasedError::new_err(text),
             StorageError::Map { .. } => PyMemoryError::new_err(text),
-            StorageError::Io(_) => PyOSError::new_err(text),
+            StorageError::Io(err) => io_error(err, text),
             StorageError::ZeroCount
             | StorageError::ZeroSize { .. }
             | StorageError::TooLarge { .. }
@@ -57,6 +62,43 @@ impl From<AllocError> for PyErr {
             | AllocError::NotInserted { .. }
             | AllocError::BadConfig(_) => PyValueError::new_err(text),
         }
+    }
+}
+
+/// `OSError(errno, message, filename)`, which Python turns into the subclass for the errno
+/// (`FileNotFoundError`, `FileExistsError`, ...); a `ValueError` for a file that is not a valid
+/// storage file.
+fn io_error(err: io::Error, text: String) -> PyErr {
+    let code = err.raw_os_error();
+    match err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<FileError>())
+    {
+        Some(FileError::Os { op, path, source }) => match source.raw_os_error() {
+            Some(code) => PyOSError::new_err((
+                code,
+                format!("could not {op} storage file: {}", os_message(code)),
+                path.as_os_str().to_owned(),
+            )),
+            None => PyOSError::new_err(text),
+        },
+        Some(FileError::BadHeader { .. } | FileError::Mismatch { .. }) => {
+            PyValueError::new_err(text)
+        }
+        None => match code {
+            Some(code) => PyOSError::new_err((code, text)),
+            None => PyOSError::new_err(text),
+        },
+    }
+}
+
+/// The system's description of an errno, without the "(os error N)" that Rust adds: Python
+/// prints the errno itself.
+fn os_message(code: i32) -> String {
+    let text = io::Error::from_raw_os_error(code).to_string();
+    match text.strip_suffix(&format!(" (os error {code})")) {
+        Some(message) => message.to_owned(),
+        None => text,
     }
 }
 

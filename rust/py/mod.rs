@@ -6,4 +6,5 @@ pub mod arrays;
 pub mod buffer;
 pub mod errors;
 pub mod indices;
+pub mod logging;
 pub mod storage;

@@ -1,9 +1,11 @@
 //! `oramstore.UntrustedStorage`: the Python face of [`crate::storage::Storage`].
 
+use std::path::PathBuf;
+
 use numpy::{PyArray2, PyArrayMethods};
-use pyo3::exceptions::{PyOverflowError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyString, PyTuple, PyType};
 
 use super::alloc::PyUntrustedAllocator;
 use super::arrays::empty_u8;
@@ -115,6 +117,70 @@ impl PyUntrustedStorage {
         Ok(PyUntrustedStorage { inner })
     }
 
+    /// `UntrustedStorage.open(path, count=None, data_size=None, meta_size=None, *,
+    /// create=False)`: a storage in a file.
+    #[classmethod]
+    #[pyo3(signature = (path, count = None, data_size = None, meta_size = None, *, create = false))]
+    fn open(
+        _cls: &Bound<'_, PyType>,
+        py: Python<'_>,
+        path: &Bound<'_, PyAny>,
+        count: Option<&Bound<'_, PyAny>>,
+        data_size: Option<&Bound<'_, PyAny>>,
+        meta_size: Option<&Bound<'_, PyAny>>,
+        create: bool,
+    ) -> PyResult<Self> {
+        let path: PathBuf = path.extract().map_err(|err: PyErr| {
+            if err.is_instance_of::<PyTypeError>(py) {
+                PyTypeError::new_err(format!(
+                    "path must be a str or an os.PathLike of str, got {}",
+                    path.get_type()
+                        .name()
+                        .map_or_else(|_| "?".into(), |name| name.to_string())
+                ))
+            } else {
+                err
+            }
+        })?;
+        let size =
+            |obj: Option<&Bound<'_, PyAny>>, name| obj.map(|o| size_arg(o, name)).transpose();
+        let count = size(count, "count")?;
+        let data_size = size(data_size, "data_size")?;
+        let meta_size = size(meta_size, "meta_size")?;
+        let inner = if create {
+            let (Some(count), Some(data_size), Some(meta_size)) = (count, data_size, meta_size)
+            else {
+                let missing: Vec<&str> = [
+                    ("count", count),
+                    ("data_size", data_size),
+                    ("meta_size", meta_size),
+                ]
+                .into_iter()
+                .filter_map(|(name, value)| value.is_none().then_some(name))
+                .collect();
+                return Err(PyTypeError::new_err(format!(
+                    "UntrustedStorage.open(create=True) needs count, data_size and meta_size; \
+                     missing: {}",
+                    missing.join(", ")
+                )));
+            };
+            py.detach(|| Storage::create_file(&path, count, data_size, meta_size))?
+        } else {
+            py.detach(|| Storage::open_file(&path, count, data_size, meta_size))?
+        };
+        Ok(PyUntrustedStorage { inner })
+    }
+
+    #[getter]
+    fn path<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyString>> {
+        // A str, decoded as `os.fsdecode` would, rather than PyO3's `pathlib.Path`.
+        let path = self.inner.path()?.as_os_str();
+        match path.into_pyobject(py) {
+            Ok(text) => Some(text),
+            Err(never) => match never {},
+        }
+    }
+
     #[getter]
     fn count(&self) -> u64 {
         self.inner.layout().count
@@ -223,6 +289,11 @@ impl PyUntrustedStorage {
         Ok(())
     }
 
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.flush())?;
+        Ok(())
+    }
+
     fn release(&self, py: Python<'_>) {
         py.detach(|| self.inner.release());
     }
@@ -237,10 +308,14 @@ impl PyUntrustedStorage {
         false
     }
 
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let l = self.inner.layout();
-        format!(
-            "UntrustedStorage(count={}, data_size={}, meta_size={}{})",
+        let path = match self.path(py) {
+            Some(path) => format!(", path={}", path.repr()?),
+            None => String::new(),
+        };
+        Ok(format!(
+            "UntrustedStorage(count={}, data_size={}, meta_size={}{path}{})",
             l.count,
             l.data_size,
             l.meta_size,
@@ -249,7 +324,7 @@ impl PyUntrustedStorage {
             } else {
                 ""
             }
-        )
+        ))
     }
 }
 
