@@ -8,12 +8,12 @@ import pytest
 from oram_layout import check_invariant
 from oramstore import PathORAM
 
-# (block_count, block_size, bucket_size, position map): tiny and odd block sizes, Z from 3 to
+# (block_count, block_size, bucket_size, position map): tiny and odd block sizes, Z from 4 to
 # 6, and recursive position maps two levels deep, each with the default stash for its Z.
 SHAPES = [
-    (1000, 1, 3, "array"),
+    (1000, 1, 4, "array"),
     (3000, 64, 4, "recursive"),
-    (777, 1000, 3, "array"),
+    (777, 1000, 5, "array"),
     (512, 4096, 4, "array"),
     (70000, 24, 4, "recursive"),
     (200, 333, 6, "array"),

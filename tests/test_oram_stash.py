@@ -51,16 +51,16 @@ def test_overflow_raises_then_poisons(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_stash_sizes_follow_the_bucket_size() -> None:
-    for z in (0, 1, 2):
+    for z in (0, 1, 2, 3):
         with pytest.raises(ValueError, match="bucket_size"):
             PathORAM(64, 8, bucket_size=z)
-    with pytest.raises(ValueError, match="at least 3"):
-        min_stash_size(2)
+    with pytest.raises(ValueError, match="at least 4"):
+        min_stash_size(3)
     sizes = [min_stash_size(z) for z in range(MIN_BUCKET_SIZE, 12)]
     # Larger buckets never need a larger stash, and the default Z gets the default size.
     assert sizes == sorted(sizes, reverse=True)
     assert min_stash_size(4) == DEFAULT_STASH_SIZE
-    for z in (3, 4, 5, 8):
+    for z in (4, 5, 6, 8):
         least = min_stash_size(z)
         with PathORAM(64, 8, bucket_size=z) as oram:
             assert oram.stash_size == least

@@ -25,7 +25,7 @@ class ORAMModel(RuleBasedStateMachine):
         self.oram = PathORAM(
             COUNT,
             SIZE,
-            bucket_size=3,
+            bucket_size=4,
             treetop_bytes=200,
             position_map=self.position_map,  # type: ignore[arg-type]
             position_map_threshold=2,

@@ -16,5 +16,6 @@ def test_readme_has_examples() -> None:
 
 
 @pytest.mark.parametrize("code", EXAMPLES, ids=[f"example-{k}" for k in range(len(EXAMPLES))])
-def test_readme_example_runs(code: str) -> None:
+def test_readme_example_runs(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # examples that make files make them here
     exec(compile(code, str(README), "exec"), {})

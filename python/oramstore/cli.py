@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -117,6 +119,10 @@ def _bench_oram(args: argparse.Namespace, console: Console) -> int:
     if args.accesses <= 0:
         console.print("[red]--accesses must be positive[/red]")
         return 2
+    durable: dict[str, Any] = {}
+    if args.path is not None:
+        # A throwaway key: the store exists to be measured, not to be reopened.
+        durable = {"path": args.path, "key": os.urandom(32), "durability": args.durability}
     with _progress(console) as progress:
         task = progress.add_task(f"PathORAM({blocks}, {size}): random 50/50", total=args.accesses)
         run = bench.run_oram(
@@ -128,8 +134,10 @@ def _bench_oram(args: argparse.Namespace, console: Console) -> int:
             bucket_size=args.bucket_size,
             treetop_bytes=args.treetop_bytes,
             position_map=args.position_map,
+            **durable,
         )
-    table = Table(title=f"PathORAM({blocks}, {size}, bucket_size={args.bucket_size})")
+    where = f", in {args.path} ({args.durability})" if args.path is not None else ""
+    table = Table(title=f"PathORAM({blocks}, {size}, bucket_size={args.bucket_size}){where}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     rows = [
@@ -190,6 +198,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     o.add_argument(
         "--position-map", choices=["auto", "array", "recursive"], default="auto", help="(auto)"
+    )
+    o.add_argument(
+        "--path",
+        default=None,
+        help="run a durable store in this new directory (files) instead of memory",
+    )
+    o.add_argument(
+        "--durability",
+        choices=["commit", "access"],
+        default="commit",
+        help="with --path: what is durable, the last commit or every access (commit)",
     )
     s = b.add_argument_group("storage workload")
     s.add_argument("--count", type=_power_of_two_or_int, default=1 << 18, help="items (2^18)")

@@ -25,7 +25,9 @@ where its parent's record says so.
 from __future__ import annotations
 
 import operator
+import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +80,10 @@ class TreeStorage(NoCopy, Closing):
             number of trees and processes without a nonce ever repeating.
         treetop_bytes: trusted memory for the top levels (whole levels that fit are kept).
         label: a name for the tree, mixed into its key derivation.
+        path: put the untrusted levels in this new file (see ``UntrustedStorage.open``)
+            instead of anonymous memory. Each bucket then has two slots, and a write never
+            overwrites the version of a bucket that the last durable point
+            (:meth:`mark_durable`) refers to, so a crash always finds that version intact.
 
     Nothing is written at creation: a height-20 tree of 16 KiB buckets is ready in
     milliseconds. Every bucket reads as zeros until it is first written.
@@ -98,12 +104,15 @@ class TreeStorage(NoCopy, Closing):
         key: KeyLike | None = None,
         treetop_bytes: int = DEFAULT_TREETOP_BYTES,
         label: str = "tree",
+        path: str | os.PathLike[str] | None = None,
+        _state: Mapping[str, Any] | None = None,
     ) -> None:
         height = _int_arg(height, "height", 0, MAX_HEIGHT)
         bucket_size = _int_arg(bucket_size, "bucket_size", 1, 1 << 40)
         meta_size = _int_arg(meta_size, "meta_size", 0, 1 << 40)
         treetop_bytes = _int_arg(treetop_bytes, "treetop_bytes", 0, 1 << 62)
-        self._sealer = BucketSealer(key, label=label)
+        salt = None if _state is None else bytes(_state["salt"])
+        self._sealer = BucketSealer(key, label=label, salt=salt)
         self._salt = self._sealer.salt
         self.height = height
         self.bucket_size = bucket_size
@@ -122,10 +131,23 @@ class TreeStorage(NoCopy, Closing):
         self._lower: Bytes = self._rows[(1 << top) - 1 :]
         self._offset = 1 << top
         self.untrusted: UntrustedStorage | None = None
+        self.storage_path = None if path is None else os.fspath(path)
+        # With a file, every bucket has two slots (items 2k and 2k + 1): see _seal_branch.
+        self._ways = 1 if path is None else 2
+        buckets = (1 << levels) - self._offset
+        self._slots: Bytes = np.zeros(0 if path is None else (buckets + 7) // 8, np.uint8)
+        self._durable_counter = 0
         if top < levels:
-            self.untrusted = UntrustedStorage(
-                (1 << levels) - self._offset, plain + TAG_BYTES, _META_ITEM
-            )
+            if self.storage_path is None:
+                self.untrusted = UntrustedStorage(buckets, plain + TAG_BYTES, _META_ITEM)
+            else:
+                self.untrusted = UntrustedStorage.open(
+                    self.storage_path,
+                    2 * buckets,
+                    plain + TAG_BYTES,
+                    _META_ITEM,
+                    create=_state is None,
+                )
         # Scratch space for the sealed half of one branch, reused by every call (under the
         # lock): fresh buffers this size would be mapped and faulted in on every access.
         self._sealed: Bytes = np.empty((levels - top, plain + TAG_BYTES), np.uint8)
@@ -138,6 +160,8 @@ class TreeStorage(NoCopy, Closing):
         self._closed = False
         self._poisoned: str | None = None
         fork_hooks.add(self)
+        if _state is not None:
+            self._load_state(_state)
 
     # --- shape ---------------------------------------------------------------------------
 
@@ -316,6 +340,55 @@ class TreeStorage(NoCopy, Closing):
         # A thread of the parent may have held the lock when it forked; the child has no such
         # thread. (The sealer starts a session of its own through its own hook.)
         self._lock = threading.Lock()
+        if self.storage_path is not None and self._poisoned is None:
+            # Parent and child would write the same file and undo each other's slots.
+            self._poisoned = (
+                "a tree in a file cannot be used in a fork()ed child; reopen its store there"
+            )
+
+    # --- durability --------------------------------------------------------------------------
+
+    def mark_durable(self) -> None:
+        """Declare the current version of every bucket durable: until the next call, no write
+        overwrites any of them (each goes to its bucket's other slot, or over a version written
+        since). The caller first makes the writes so far durable (:meth:`flush`) and saves
+        :meth:`export_state`."""
+        with self._lock:
+            self._durable_counter = self._sealer.counter
+
+    def flush(self) -> None:
+        """Make every bucket written so far durable (a no-op in memory)."""
+        with self._lock:
+            self._check_open()
+            if self.storage_path is not None and self.untrusted is not None:
+                self.untrusted.flush()
+
+    def export_state(self) -> dict[str, Any]:
+        """The trusted state a reopened tree needs (the key aside): salt, treetop, Merkle roots
+        and slots, as arrays. Secret: seal it before it leaves trusted memory."""
+        with self._lock:
+            self._check_open()
+            return {
+                "shape": np.array(
+                    [self.height, self.bucket_size, self.meta_size, self.treetop_levels], np.int64
+                ),
+                "salt": np.frombuffer(self._salt, np.uint8).copy(),
+                "top": self._top.copy(),
+                "roots": self._roots.copy(),
+                "slots": self._slots.copy(),
+            }
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        shape = [self.height, self.bucket_size, self.meta_size, self.treetop_levels]
+        if np.asarray(state["shape"]).tolist() != shape:
+            raise IntegrityError(
+                f"the saved tree has shape {np.asarray(state['shape']).tolist()}, expected {shape}"
+            )
+        for name, target in (("top", self._top), ("roots", self._roots), ("slots", self._slots)):
+            value = np.asarray(state[name])
+            if value.shape != target.shape or value.dtype != target.dtype:
+                raise IntegrityError(f"the saved tree's {name} has the wrong shape")
+            target[...] = value
 
     def _check_open(self) -> None:
         if self._closed:
@@ -348,10 +421,18 @@ class TreeStorage(NoCopy, Closing):
         if self.untrusted is None:
             return b""
         below = nodes[self.treetop_levels :]
-        self.untrusted.checkout_into(below - self._offset, self._sealed, self._heads)
+        self.untrusted.checkout_into(self._items(below), self._sealed, self._heads)
         heads = bytes(self._heads)
         self._open_branch(below.tolist(), self._sealed, heads, out)
         return heads
+
+    def _items(self, below: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The untrusted items that hold the current versions of these untrusted buckets."""
+        k = below - self._offset
+        if self._ways == 1:
+            return k
+        items: npt.NDArray[np.int64] = 2 * k + ((self._slots[k >> 3] >> (k & 7)) & 1)
+        return items
 
     def _commit_lower(self, nodes: npt.NDArray[np.int64], lower: Bytes, heads: bytes) -> None:
         """Seal and write the untrusted levels of a branch, then record its new root."""
@@ -447,8 +528,21 @@ class TreeStorage(NoCopy, Closing):
         heads = self._heads
         heads[:] = checked_out
         seal_into = self._sealer.seal_into
-        counter = self._sealer.reserve(n)
         session = self._sealer.session
+        items = self._items(nodes)
+        if self._ways == 2:
+            # A bucket whose current version was written since the last durable point is
+            # overwritten where it lies; any other goes to its other slot, so the version the
+            # durable state refers to survives a crash in the middle of this write.
+            durable = self._durable_counter
+            for j in range(n):
+                at = j * _META_ITEM
+                if checked_out[at : at + SESSION_BYTES] != session or (
+                    int.from_bytes(checked_out[at + SESSION_BYTES : at + _VERSION], "little")
+                    <= durable
+                ):
+                    items[j] ^= 1
+        counter = self._sealer.reserve(n)
         salt = self._salt
         node_list = nodes.tolist()
         record = b""
@@ -469,7 +563,13 @@ class TreeStorage(NoCopy, Closing):
             end = (j + 1) * row
             record = version + sealed_flat[end - TAG_BYTES : end].tobytes()
             counter += 1
-        self.untrusted.checkin(nodes - self._offset, sealed, heads)
+        self.untrusted.checkin(items, sealed, heads)
+        if self._ways == 2:
+            # ufunc.at, since buckets of one branch may share a byte of the bitmap.
+            k = nodes - self._offset
+            bit = (1 << (k & 7)).astype(np.uint8)
+            np.bitwise_and.at(self._slots, k >> 3, ~bit)
+            np.bitwise_or.at(self._slots, k >> 3, bit * (items & 1).astype(np.uint8))
         return record
 
 

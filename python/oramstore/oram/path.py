@@ -9,17 +9,30 @@ branch per access, whichever block was asked for.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import io
 import math
 import os
+import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from oramstore._closing import Closing
-from oramstore.enclave.crypto import KeyLike, NoCopy, check_key, fork_hooks, new_key
+from oramstore.enclave.crypto import (
+    SALT_BYTES,
+    KeyLike,
+    NoCopy,
+    check_key,
+    fork_hooks,
+    new_key,
+)
+from oramstore.enclave.sealed import Journal, read_state, write_state
 from oramstore.enclave.tree import DEFAULT_TREETOP_BYTES, TreeStorage
 from oramstore.errors import (
     IntegrityError,
@@ -45,14 +58,15 @@ __all__ = [
     "min_stash_size",
 ]
 
-MIN_BUCKET_SIZE = 3
-"""The smallest Z accepted. With Z = 2 at full utilisation the stash's typical occupancy grows
-with the number of blocks, so no fixed capacity keeps overflows rare."""
+MIN_BUCKET_SIZE = 4
+"""The smallest Z accepted. With Z = 2 and 3 at full utilisation the stash's tail grows with the
+number of blocks (``benches/bench_stash_tail.py``), so no fixed capacity keeps overflows rare."""
 
 # log2 P(stash > R) = a + b R, fitted to the far tail (P <= 1/8) of the stash occupancy that
-# ``benches/bench_stash_tail.py`` measured over 10^6 accesses at full utilisation (N = 4096,
-# N / Z leaves). Z >= 6 uses the entry for 6, since larger buckets only shorten the tail.
-_STASH_TAIL = {3: (-2.96, -0.756), 4: (-6.07, -1.207), 5: (-8.03, -1.163), 6: (-9.70, -1.459)}
+# ``benches/bench_stash_tail.py`` measured over 10^6 accesses at full utilisation (N / Z leaves),
+# the slowest-falling fit over N = 2^10 .. 2^16. Z >= 6 uses the entry for 6, since larger
+# buckets only shorten the tail.
+_STASH_TAIL = {4: (-6.12, -0.970), 5: (-8.12, -1.376), 6: (-9.70, -1.459)}
 _OVERFLOW_BITS = 64
 _STASH_MARGIN = 2.0
 
@@ -61,8 +75,8 @@ def min_stash_size(bucket_size: int) -> int:
     """The smallest stash capacity accepted for buckets of ``bucket_size`` blocks.
 
     It is the capacity at which the measured tail, extrapolated, puts an overflow below
-    2^-64 per access, doubled as a margin for the extrapolation: 162 blocks for Z = 3, 96 for
-    Z = 4 and 5, 75 for Z >= 6.
+    2^-64 per access, doubled as a margin for the extrapolation: 120 blocks for Z = 4, 82 for
+    Z = 5, 75 for Z >= 6.
 
     Raises:
         ValueError: ``bucket_size`` is below :data:`MIN_BUCKET_SIZE`.
@@ -97,6 +111,16 @@ POSITIONS_PER_BLOCK = 256
 _SLOT_META = 16  # per slot: block index + 1 (0 = empty), then its leaf, both little-endian u64
 R = TypeVar("R")
 Bytes = npt.NDArray[np.uint8]
+Durability = Literal["commit", "access"]
+Plan = list[tuple[int, int]]  # per ORAM of the recursion: (new leaf, leaf if unassigned)
+_Request = tuple[int, Callable[[Bytes], Any], bool, "Bytes | None"]
+
+_FORMAT = 1
+_LOCK_FILE = "lock"
+# With durability="access" the journal holds every write's data; a commit empties it.
+_AUTO_COMMIT_RECORDS = 4096
+_AUTO_COMMIT_BYTES = 256 << 20
+_INTENT = struct.Struct("<QBI")  # block index, write, bytes of data that follow the leaves
 
 
 class _Leaves:
@@ -141,6 +165,11 @@ class PathORAM(NoCopy, Closing):
         position_map: ``"array"`` (trusted, 4 bytes per block), ``"recursive"`` (a smaller
             PathORAM), or ``"auto"`` (array up to ``position_map_threshold`` blocks).
         position_map_threshold: the ``"auto"`` cut-over, also used by recursive levels.
+        path: make a durable store in this directory (new, or empty): every tree's buckets go
+            to a file there, and :meth:`commit` seals the trusted state next to them.
+            :meth:`open` reopens it. Needs ``key``.
+        durability: with ``path``: ``"commit"`` makes durable what :meth:`commit` (or
+            :meth:`close`) covered; ``"access"`` makes every access that returned durable.
 
     Blocks never written read as zeros. Creation writes nothing. Every access checks out and
     checks in exactly one branch of the data tree, chosen uniformly at random, plus the position
@@ -168,7 +197,11 @@ class PathORAM(NoCopy, Closing):
         treetop_bytes: int = DEFAULT_TREETOP_BYTES,
         position_map: Literal["auto", "array", "recursive"] = "auto",
         position_map_threshold: int = DEFAULT_POSITION_MAP_THRESHOLD,
+        path: str | os.PathLike[str] | None = None,
+        durability: Durability = "commit",
         _label: str = "data",
+        _tree_dir: Path | None = None,
+        _state: Mapping[str, Any] | None = None,
     ) -> None:
         block_count = _positive(block_count, "block_count")
         block_size = _positive(block_size, "block_size")
@@ -183,6 +216,11 @@ class PathORAM(NoCopy, Closing):
                 f"below 2^-64 per access only from {least} blocks on"
             )
         position_map_threshold = _positive(position_map_threshold, "position_map_threshold")
+        if path is not None:
+            if durability not in ("commit", "access"):
+                raise ValueError(f"durability must be 'commit' or 'access', got {durability!r}")
+            if key is None:
+                raise ValueError("a durable store needs its key: pass key=")
         key = new_key() if key is None else check_key(key)
         if position_map not in ("auto", "array", "recursive"):
             raise ValueError(
@@ -191,6 +229,49 @@ class PathORAM(NoCopy, Closing):
         height = max(0, math.ceil(math.log2(math.ceil(block_count / z))))
         if (1 << height) > MAX_LEAVES:
             raise ValueError(f"block_count {block_count} needs more leaves than positions can hold")
+        self._store: _Store | None = None
+        lock = -1
+        if path is not None:
+            _tree_dir = Path(path)
+            _tree_dir.mkdir(parents=True, exist_ok=True)
+            if any(_tree_dir.iterdir()):
+                raise FileExistsError(
+                    errno.EEXIST, "not an empty directory; open a store with PathORAM.open", path
+                )
+            lock = _lock(_tree_dir)
+        try:
+            self._build(
+                block_count, block_size, z, stash_size, key, treetop_bytes, position_map,
+                position_map_threshold, height, _label, _tree_dir, _state,
+            )  # fmt: skip
+        except BaseException:
+            if lock >= 0:
+                os.close(lock)
+            raise
+        if path is not None:
+            assert _tree_dir is not None
+            self._store = _Store(_tree_dir, key, os.urandom(SALT_BYTES), -1, durability, lock)
+            try:
+                self._save(0)
+            except BaseException:
+                self.close()
+                raise
+
+    def _build(
+        self,
+        block_count: int,
+        block_size: int,
+        z: int,
+        stash_size: int,
+        key: bytes,
+        treetop_bytes: int,
+        position_map: str,
+        position_map_threshold: int,
+        height: int,
+        label: str,
+        tree_dir: Path | None,
+        state: Mapping[str, Any] | None,
+    ) -> None:
         self._block_count = block_count
         self._block_size = block_size
         self._z = z
@@ -198,13 +279,24 @@ class PathORAM(NoCopy, Closing):
         # A bucket is Z slots, each a block followed by its metadata, so that slot s of a
         # branch is row s of one (levels * Z, block_size + 16) array and a block moves with its
         # metadata in one copy. The tree's own metadata part is unused.
+        self._label = label
+        self._treetop_bytes = treetop_bytes
+        self._threshold = position_map_threshold
+        prefix = label + "."
+        tree_state = None
+        if state is not None:
+            tree_state = {
+                k[len(prefix) + 5 :]: v for k, v in state.items() if k.startswith(prefix + "tree.")
+            }
         self.tree = TreeStorage(
             height,
             z * (block_size + _SLOT_META),
             0,
             key=key,
             treetop_bytes=treetop_bytes,
-            label=f"oramstore/{_label}",
+            label=f"oramstore/{label}",
+            path=None if tree_dir is None else tree_dir / (label.replace("/", ".") + ".tree"),
+            _state=tree_state,
         )
         self._height = height
         self._leaves = _Leaves(1 << height)
@@ -224,7 +316,9 @@ class PathORAM(NoCopy, Closing):
                 treetop_bytes=treetop_bytes,
                 position_map="auto",
                 position_map_threshold=position_map_threshold,
-                _label=f"{_label}/positions",
+                _label=f"{label}/positions",
+                _tree_dir=tree_dir,
+                _state=state,
             )
             self._positions = RecursivePositionMap(inner, POSITIONS_PER_BLOCK)
         # Every slot of the treetop, and of the untrusted levels of the branch being accessed,
@@ -256,6 +350,8 @@ class PathORAM(NoCopy, Closing):
         self._poisoned: str | None = None
         self._poison_cause: BaseException | None = None
         fork_hooks.add(self)
+        if state is not None:
+            self._load_state(prefix, state)
 
     # --- description -----------------------------------------------------------------------
 
@@ -314,28 +410,20 @@ class PathORAM(NoCopy, Closing):
 
     def read(self, index: int) -> bytes:
         """The block at ``index`` (zeros if never written)."""
-        return self._access(index, lambda block: block.tobytes(), write=False)
+        result: bytes = self._run([(index, _to_bytes, False, None)])[0]
+        return result
 
     def write(self, index: int, data: Any) -> None:
         """Replace the block at ``index`` with ``data`` (exactly ``block_size`` bytes)."""
         source = self._block_bytes(data)
-
-        def put(block: Bytes) -> None:
-            block[:] = source
-
-        self._access(index, put, write=True)
+        self._run([(index, _putter(source), True, source)])
 
     def read_many(self, indices: Iterable[int]) -> Bytes:
         """The blocks at ``indices``, one access each, as a ``(k, block_size)`` array. Every
         index is checked before the first access."""
         wanted = [self._check_index(index) for index in indices]
         out: Bytes = np.empty((len(wanted), self._block_size), np.uint8)
-        for k, index in enumerate(wanted):
-
-            def get(block: Bytes, row: Bytes = out[k]) -> None:
-                row[:] = block
-
-            self._access(index, get, write=False)
+        self._run([(index, _getter(out[k]), False, None) for k, index in enumerate(wanted)])
         return out
 
     def write_many(self, indices: Iterable[int], blocks: Any) -> None:
@@ -352,14 +440,250 @@ class PathORAM(NoCopy, Closing):
         if len(rows) != len(wanted):
             raise ValueError(f"{len(wanted)} indices but {len(rows)} blocks")
         sources = [self._block_bytes(row) for row in rows]
-        for index in wanted:
-            self._check_index(index)
-        for index, source in zip(wanted, sources, strict=True):
+        checked = [self._check_index(index) for index in wanted]
+        self._run(
+            [
+                (index, _putter(source), True, source)
+                for index, source in zip(checked, sources, strict=True)
+            ]
+        )
 
-            def put(block: Bytes, source: Bytes = source) -> None:
-                block[:] = source
+    # --- durability -----------------------------------------------------------------------
 
-            self._access(index, put, write=True)
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        key: KeyLike,
+        min_epoch: int | None = None,
+        durability: Durability = "commit",
+    ) -> PathORAM:
+        """Reopen the durable store in ``path`` with the parameters it was created with.
+
+        It lands on its last commit (with ``durability="access"``: its last access), replays
+        the journal of the accesses after it so that no block is found where the host already
+        saw it, and commits once more.
+
+        Args:
+            key: the store's key.
+            min_epoch: refuse a store whose last commit is older than this epoch: a caller that
+                keeps the epochs :meth:`commit` returns in a trusted monotonic counter detects
+                a rollback of the whole directory this way.
+            durability: as for the constructor; it may differ from the last opening's.
+
+        Raises:
+            FileNotFoundError: no store in ``path``.
+            ValueError: ``key`` is not the store's key, or a bad argument.
+            IntegrityError: a file of the store was altered, truncated or swapped, or its epoch
+                is older than ``min_epoch``.
+            BlockingIOError: the store is open in another ORAM object or process.
+        """
+        key = check_key(key)
+        if durability not in ("commit", "access"):
+            raise ValueError(f"durability must be 'commit' or 'access', got {durability!r}")
+        if min_epoch is not None:
+            min_epoch = _non_negative(min_epoch, "min_epoch")
+        directory = Path(path)
+        if not (directory / "state").is_file():
+            raise FileNotFoundError(errno.ENOENT, "no oramstore ORAM in this directory", str(path))
+        lock = _lock(directory)
+        oram: PathORAM | None = None
+        try:
+            salt, epoch, payload = read_state(directory, key)
+            if min_epoch is not None and epoch < min_epoch:
+                raise IntegrityError(
+                    f"the store in {path} is at epoch {epoch}, older than min_epoch {min_epoch}: "
+                    "it was rolled back"
+                )
+            state = _unpack(payload)
+            params = _params(state, "data.")
+            oram = cls.__new__(cls)
+            oram._store = None
+            oram._build(
+                params["block_count"], params["block_size"], params["bucket_size"],
+                params["stash_size"], key, params["treetop_bytes"],
+                "recursive" if params["recursive"] else "array", params["threshold"],
+                params["height"], "data", directory, state,
+            )  # fmt: skip
+            oram._store = _Store(directory, key, salt, epoch, durability, lock)
+            oram._store.replayed = oram._replay(oram._store.journal.records(epoch))
+            oram._save(epoch + 1)
+        except BaseException:
+            if oram is not None and getattr(oram, "_store", None) is not None:
+                oram.tree.close()
+                oram._positions.close()
+                oram._store.close()  # type: ignore[union-attr]
+            else:
+                os.close(lock)
+            raise
+        return oram
+
+    @property
+    def epoch(self) -> int | None:
+        """The durable store's epoch: the number of its last commit (None in memory)."""
+        return None if self._store is None else self._store.epoch
+
+    @property
+    def path(self) -> Path | None:
+        """The durable store's directory (None in memory)."""
+        return None if self._store is None else self._store.directory
+
+    @property
+    def replayed(self) -> int:
+        """Accesses after the last commit that :meth:`open` found journaled and ran again (0
+        after a clean close, and in memory)."""
+        return 0 if self._store is None else self._store.replayed
+
+    @property
+    def durability(self) -> Durability | None:
+        """``"commit"`` or ``"access"`` for a durable store (None in memory)."""
+        return None if self._store is None else self._store.durability
+
+    def commit(self) -> int:
+        """Make every access so far durable and return the new epoch.
+
+        Syncs every tree's file, seals the trusted state (position maps, stash, treetops,
+        Merkle roots) under the epoch and replaces the state file atomically, then empties the
+        journal. A failure here poisons the ORAM; reopen the store to go on.
+
+        Raises:
+            ValueError: the ORAM is in memory (no ``path``).
+        """
+        with self._lock:
+            self._check_usable()
+            if self._store is None:
+                raise ValueError("only a durable ORAM (created with path=) can commit")
+            return self._save(self._store.epoch + 1)
+
+    def _save(self, epoch: int) -> int:
+        store = self._store
+        assert store is not None
+        self._in_flight = True
+        try:
+            orams = self._orams()
+            for oram in orams:
+                oram.tree.flush()
+            arrays: dict[str, Any] = {"format": np.array([_FORMAT], np.int64)}
+            for oram in orams:
+                oram._export(arrays)
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            write_state(store.directory, store.key, store.salt, epoch, buffer.getvalue())
+            for oram in orams:
+                oram.tree.mark_durable()
+            store.epoch = epoch
+            store.journal.start(epoch)
+        except BaseException as error:
+            self._poison(f"commit failed: {type(error).__name__}: {error}", error)
+            raise
+        self._in_flight = False
+        return epoch
+
+    def _orams(self) -> list[PathORAM]:
+        """This ORAM and those of its recursive position map, outermost first."""
+        orams = [self]
+        while isinstance(orams[-1]._positions, RecursivePositionMap):
+            orams.append(orams[-1]._positions.inner)
+        return orams
+
+    def _export(self, arrays: dict[str, Any]) -> None:
+        prefix = self._label + "."
+        arrays[prefix + "params"] = np.array(
+            [
+                self._block_count, self._block_size, self._z, self._stash_size, self._height,
+                isinstance(self._positions, RecursivePositionMap), self._threshold,
+                self._treetop_bytes, self._stash_peak, self._accesses,
+            ],
+            np.int64,
+        )  # fmt: skip
+        arrays[prefix + "stash.ids"] = np.array(self._stash_ids, np.uint64)
+        arrays[prefix + "stash.leaves"] = np.array(self._stash_leaves, np.uint64)
+        arrays[prefix + "stash.rows"] = self._stash_data[self._stash_rows]
+        for name, value in self.tree.export_state().items():
+            arrays[prefix + "tree." + name] = value
+        if isinstance(self._positions, ArrayPositionMap):
+            arrays[prefix + "positions"] = self._positions.entries.copy()
+
+    def _load_state(self, prefix: str, state: Mapping[str, Any]) -> None:
+        params = _params(state, prefix)
+        expected = {
+            "block_count": self._block_count, "block_size": self._block_size,
+            "bucket_size": self._z, "stash_size": self._stash_size, "height": self._height,
+            "recursive": isinstance(self._positions, RecursivePositionMap),
+        }  # fmt: skip
+        for name, value in expected.items():
+            if params[name] != value:
+                raise IntegrityError(
+                    f"the saved {prefix[:-1]} ORAM has {name} {params[name]}, expected {value}"
+                )
+        ids = _array(state, prefix + "stash.ids", np.uint64, (-1,))
+        leaves = _array(state, prefix + "stash.leaves", np.uint64, ids.shape)
+        rows = _array(state, prefix + "stash.rows", np.uint8, (len(ids), self._stash_data.shape[1]))
+        if len(ids) > self._stash_size:
+            raise IntegrityError(f"the saved {prefix[:-1]} stash holds more than its capacity")
+        self._stash_ids = ids.tolist()
+        self._stash_leaves = leaves.tolist()
+        self._stash_rows = list(range(len(ids)))
+        self._stash_data[: len(ids)] = rows
+        self._free_rows = list(range(self._stash_size - 1, len(ids) - 1, -1))
+        self._stash_peak, self._accesses = params["stash_peak"], params["accesses"]
+        if isinstance(self._positions, ArrayPositionMap):
+            entries = _array(state, prefix + "positions", np.uint32, self._positions.entries.shape)
+            self._positions.entries[:] = entries
+
+    def _replay(self, records: Iterable[bytes]) -> int:
+        """Run again the accesses journaled since the state's commit, on the same branches:
+        the host sees again exactly what it saw, and every block it saw gets a new leaf. Only
+        with ``durability="access"`` did the journal keep the data written."""
+        levels = len(self._orams())
+        replayed = 0
+        for record in records:
+            for index, write, plan, data in _decode(record, levels, self._block_size):
+                if index >= self._block_count or any(
+                    not 0 <= leaf < o.tree.leaf_count
+                    for o, pair in zip(self._orams(), plan, strict=True)
+                    for leaf in pair
+                ):
+                    raise IntegrityError("a journal record names a block or leaf out of range")
+                update = _keep if data is None else _putter(np.frombuffer(data, np.uint8))
+                self._access(index, update, write=write, leaves=plan)
+                replayed += 1
+        return replayed
+
+    def _run(self, requests: list[_Request]) -> list[Any]:
+        """Serve ``requests`` (index, update, write, data), one access each; a durable store
+        journals them all, durably, before the first reads anything."""
+        with self._lock:
+            self._check_usable()
+            plans = [self._draw_leaves() for _ in requests]
+            store = self._store
+            if store is not None:
+                self._in_flight = True
+                try:
+                    with_data = store.durability == "access"
+                    store.journal.append(_encode(requests, plans, with_data))
+                except BaseException as error:
+                    self._poison(f"the journal failed: {type(error).__name__}: {error}", error)
+                    raise
+                self._in_flight = False
+            results = [
+                self._access(index, update, write=write, leaves=plan)
+                for (index, update, write, _), plan in zip(requests, plans, strict=True)
+            ]
+            if (
+                store is not None
+                and store.durability == "access"
+                and (
+                    store.journal.count >= _AUTO_COMMIT_RECORDS
+                    or store.journal.bytes >= _AUTO_COMMIT_BYTES
+                )
+            ):
+                self._save(store.epoch + 1)
+            return results
+
+    def _draw_leaves(self) -> Plan:
+        return [(self._leaves(), self._leaves()), *self._positions.draw_leaves()]
 
     @property
     def poisoned(self) -> str | None:
@@ -368,21 +692,32 @@ class PathORAM(NoCopy, Closing):
 
     def close(self) -> None:
         """Release the untrusted memory of the tree and the position map (also when
-        poisoned)."""
+        poisoned). A durable store commits first, unless it is poisoned."""
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-            self.tree.close()
-            self._positions.close()
+            store = self._store
+            try:
+                if store is not None and self._poisoned is None and not self._in_flight:
+                    self._save(store.epoch + 1)
+            finally:
+                self._closed = True
+                self.tree.close()
+                self._positions.close()
+                if store is not None:
+                    store.close()
             self._stash_data = np.empty((0, self._block_size), np.uint8)
             self._stash_ids, self._stash_leaves, self._stash_rows = [], [], []
 
     # --- the access itself ----------------------------------------------------------------
 
-    def _access(self, index: int, update: Callable[[Bytes], R], *, write: bool) -> R:
+    def _access(
+        self, index: int, update: Callable[[Bytes], R], *, write: bool, leaves: Plan | None = None
+    ) -> R:
         """One oblivious access: ``update`` sees the block as a writable array (zeros if never
-        written) and may change it in place when ``write`` is true."""
+        written) and may change it in place when ``write`` is true. ``leaves`` gives the new
+        leaf, and the leaf to read if the block has none, of this ORAM and of each ORAM of its
+        position map (drawn here if not given)."""
         with self._lock:
             self._check_usable()
             index = self._check_index(index)
@@ -390,10 +725,12 @@ class PathORAM(NoCopy, Closing):
             # and the tree out of step, and the host has seen the branch: fail closed.
             self._in_flight = True
             try:
-                new_leaf = self._leaves()
-                old_leaf = self._positions.swap(index, new_leaf, create=write)
+                if leaves is None:
+                    leaves = self._draw_leaves()
+                new_leaf, fallback = leaves[0]
+                old_leaf = self._positions.swap(index, new_leaf, create=write, leaves=leaves[1:])
                 assigned = old_leaf != UNASSIGNED
-                leaf = old_leaf if assigned else self._leaves()
+                leaf = old_leaf if assigned else fallback
                 result = self._serve(index, leaf, assigned, new_leaf, update, write)
             except BaseException as error:
                 self._poison(f"{type(error).__name__}: {error}", error)
@@ -428,6 +765,8 @@ class PathORAM(NoCopy, Closing):
         self._lock = threading.RLock()
         if self._in_flight:
             self._poison("the process forked during an access", None)
+        elif self._store is not None:
+            self._poison("a durable store cannot be used in a fork()ed child; reopen it", None)
 
     def _serve(
         self,
@@ -677,3 +1016,129 @@ def _non_negative(value: Any, name: str) -> int:
     if number < 0:
         raise ValueError(f"{name} must not be negative, got {number}")
     return number
+
+
+class _Store:
+    """The directory of a durable ORAM, and what of it lives outside the trees."""
+
+    def __init__(
+        self, directory: Path, key: bytes, salt: bytes, epoch: int, durability: str, lock: int
+    ) -> None:
+        self.directory = directory
+        self.key = key
+        self.salt = salt
+        self.epoch = epoch
+        self.durability: Durability = "access" if durability == "access" else "commit"
+        self._lock = lock
+        self.replayed = 0
+        self.journal = Journal(directory, key, salt)
+
+    def close(self) -> None:
+        self.journal.close()
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
+
+
+def _lock(directory: Path) -> int:
+    """Hold the store's lock file: one ORAM object at a time may use a store."""
+    fd = os.open(directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BlockingIOError(
+            errno.EWOULDBLOCK, "the store is open elsewhere (its lock is held)", str(directory)
+        ) from None
+    return fd
+
+
+def _encode(requests: list[_Request], plans: list[Plan], with_data: bool) -> bytes:
+    parts = [len(requests).to_bytes(4, "little")]
+    for (index, _, write, data), plan in zip(requests, plans, strict=True):
+        body = data.tobytes() if with_data and write and data is not None else b""
+        parts.append(_INTENT.pack(index, write, len(body)))
+        parts.append(np.array(plan, np.uint32).tobytes())
+        parts.append(body)
+    return b"".join(parts)
+
+
+def _decode(
+    record: bytes, levels: int, block_size: int
+) -> list[tuple[int, bool, Plan, bytes | None]]:
+    try:
+        count = int.from_bytes(record[:4], "little")
+        at, out = 4, []
+        for _ in range(count):
+            index, write, length = _INTENT.unpack_from(record, at)
+            at += _INTENT.size
+            leaves = np.frombuffer(record, np.uint32, 2 * levels, at).reshape(levels, 2)
+            at += 8 * levels
+            if length not in (0, block_size) or at + length > len(record):
+                raise ValueError("bad data length")
+            data = record[at : at + length] if length else None
+            at += length
+            plan = [(int(a), int(b)) for a, b in leaves.tolist()]
+            out.append((int(index), bool(write), plan, data))
+        if at != len(record):
+            raise ValueError("trailing bytes")
+    except (ValueError, struct.error) as error:
+        raise IntegrityError(f"a journal record does not parse: {error}") from None
+    return out
+
+
+def _unpack(payload: bytes) -> dict[str, Any]:
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+            state = {name: archive[name] for name in archive.files}
+    except Exception as error:
+        raise IntegrityError(f"the state does not parse: {error}") from None
+    if state.get("format", np.zeros(1)).tolist() != [_FORMAT]:
+        raise IntegrityError("the state has an unknown format")
+    return state
+
+
+_PARAMS = (
+    "block_count", "block_size", "bucket_size", "stash_size", "height", "recursive",
+    "threshold", "treetop_bytes", "stash_peak", "accesses",
+)  # fmt: skip
+
+
+def _params(state: Mapping[str, Any], prefix: str) -> dict[str, int]:
+    values = _array(state, prefix + "params", np.int64, (len(_PARAMS),))
+    return dict(zip(_PARAMS, (int(v) for v in values.tolist()), strict=True))
+
+
+def _array(state: Mapping[str, Any], name: str, dtype: Any, shape: tuple[int, ...]) -> Any:
+    """``state[name]``, checked to have ``dtype`` and ``shape`` (-1: any length)."""
+    value = state.get(name)
+    if (
+        not isinstance(value, np.ndarray)
+        or value.dtype != dtype
+        or len(value.shape) != len(shape)
+        or any(want not in (-1, got) for want, got in zip(shape, value.shape, strict=True))
+    ):
+        raise IntegrityError(f"the state's {name} is missing or malformed")
+    return value
+
+
+def _to_bytes(block: Bytes) -> bytes:
+    return block.tobytes()
+
+
+def _keep(block: Bytes) -> None:
+    """A replayed write whose data the journal did not keep: the block stays as committed."""
+
+
+def _putter(source: Bytes) -> Callable[[Bytes], None]:
+    def put(block: Bytes) -> None:
+        block[:] = source
+
+    return put
+
+
+def _getter(row: Bytes) -> Callable[[Bytes], None]:
+    def get(block: Bytes) -> None:
+        row[:] = block
+
+    return get

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 if TYPE_CHECKING:
     from oramstore.oram.path import PathORAM
@@ -24,6 +25,8 @@ __all__ = [
 UNASSIGNED = -1
 """The leaf of a block that has none yet."""
 
+Plan = list[tuple[int, int]]
+
 ENTRY_BYTES = 4
 MAX_LEAVES = (1 << 32) - 1
 
@@ -31,10 +34,18 @@ MAX_LEAVES = (1 << 32) - 1
 class PositionMap(Protocol):
     """What a tree ORAM asks of its position map."""
 
-    def swap(self, index: int, leaf: int, *, create: bool = True) -> int:
+    def swap(
+        self, index: int, leaf: int, *, create: bool = True, leaves: Plan | None = None
+    ) -> int:
         """Set block ``index``'s leaf and return the previous one (:data:`UNASSIGNED` if it had
         none). With ``create`` false, a block without a leaf keeps none: a read of a block
-        never written stores nothing, and the map says so in the same lookup."""
+        never written stores nothing, and the map says so in the same lookup. ``leaves`` are
+        those the map's own ORAMs use (see :meth:`draw_leaves`)."""
+        ...
+
+    def draw_leaves(self) -> Plan:
+        """Fresh leaves for one lookup: a (new leaf, leaf if unassigned) pair for each ORAM the
+        map uses, outermost first (none for a trusted array)."""
         ...
 
     def close(self) -> None:
@@ -57,12 +68,22 @@ class ArrayPositionMap:
     def __init__(self, count: int) -> None:
         self._entries = np.zeros(count, np.uint32)
 
-    def swap(self, index: int, leaf: int, *, create: bool = True) -> int:
+    @property
+    def entries(self) -> npt.NDArray[np.uint32]:
+        """``leaf + 1`` of every block, 0 where unassigned (trusted memory)."""
+        return self._entries
+
+    def swap(
+        self, index: int, leaf: int, *, create: bool = True, leaves: Plan | None = None
+    ) -> int:
         entries = self._entries
         old = int(entries[index]) - 1
         if create or old != UNASSIGNED:
             entries[index] = leaf + 1
         return old
+
+    def draw_leaves(self) -> Plan:
+        return []
 
     def close(self) -> None:
         self._entries = np.zeros(0, np.uint32)
@@ -89,7 +110,9 @@ class RecursivePositionMap:
         self.inner = inner
         self.per_block = per_block
 
-    def swap(self, index: int, leaf: int, *, create: bool = True) -> int:
+    def swap(
+        self, index: int, leaf: int, *, create: bool = True, leaves: Plan | None = None
+    ) -> int:
         block, offset = divmod(index, self.per_block)
 
         def update(data: np.ndarray) -> int:
@@ -99,7 +122,10 @@ class RecursivePositionMap:
                 entries[offset] = leaf + 1
             return old
 
-        return self.inner._access(block, update, write=True)
+        return self.inner._access(block, update, write=True, leaves=leaves)
+
+    def draw_leaves(self) -> Plan:
+        return self.inner._draw_leaves()
 
     def close(self) -> None:
         self.inner.close()
