@@ -8,7 +8,7 @@ CARGO ?= cargo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: all setup build test lint lint-rust lint-python test-rust test-python soak bench \
-        bench-rust bench-python bench-oram bench-stash bench-file clean clib clib-build header \
+        bench-rust bench-python bench-oram bench-stash bench-file bench-durable clean clib clib-build header \
         check-header test-c
 
 all: test
@@ -118,6 +118,10 @@ $(PYORAM_VENV)/.setup:
 
 bench-oram: build $(PYORAM_VENV)/.setup
 	$(PY) benches/bench_oram.py --pyoram-python $(PYORAM_VENV)/bin/python
+
+# The durable store on files against the same ORAM in memory and PyORAM's file device.
+bench-durable: build $(PYORAM_VENV)/.setup
+	$(PY) benches/bench_durable.py --pyoram-python $(PYORAM_VENV)/bin/python
 
 bench-stash: build
 	$(PY) benches/bench_stash_tail.py

@@ -4,6 +4,7 @@ the way only a test may (every bucket, decrypted and verified)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,13 +54,16 @@ def record(oram: PathORAM) -> list[tuple[str, str, tuple[int, ...]]]:
     return log
 
 
-def small_recursive_oram(position_map: str, *, key: bytes | None = None) -> PathORAM:
-    """600 blocks of 16 bytes, all in untrusted memory; with ``"recursive"``, position maps
-    nest two levels deep."""
+def small_recursive_oram(
+    position_map: str, *, key: bytes | None = None, path: Path | None = None
+) -> PathORAM:
+    """600 blocks of 16 bytes, all in untrusted memory (or files, with ``path``); with
+    ``"recursive"``, position maps nest two levels deep."""
     return PathORAM(
         600,
         16,
         key=key,
+        path=path,
         treetop_bytes=0,
         position_map=position_map,  # type: ignore[arg-type]
         position_map_threshold=2,

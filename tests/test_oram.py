@@ -216,3 +216,24 @@ def test_keys_of_every_bytes_like_kind_work() -> None:
 def test_trusted_bytes_are_accounted() -> None:
     with PathORAM(1 << 10, 64, treetop_bytes=0) as oram:
         assert oram.trusted_bytes >= (1 << 10) * 4  # at least the position map
+
+
+def test_item_access_and_types() -> None:
+    with PathORAM(16, 4) as oram:
+        oram[3] = b"abcd"
+        assert oram[3] == b"abcd" and isinstance(oram[3], bytes)
+        assert oram[0] == bytes(4)
+        assert len(oram) == 16
+        many = oram.read_many([3, 0])
+        assert isinstance(many, np.ndarray) and many.dtype == np.uint8 and many.shape == (2, 4)
+        with pytest.raises(IndexError):
+            oram[16]
+        with pytest.raises(IndexError):
+            oram[-1] = b"abcd"
+        with pytest.raises(TypeError, match="read_many"):
+            oram[1:3]  # type: ignore[index]
+        with pytest.raises(TypeError, match="write_many"):
+            oram[1:3] = b"abcdabcd"  # type: ignore[index]
+        with pytest.raises(TypeError):
+            oram["3"]  # type: ignore[index]
+        assert oram.poisoned is None

@@ -12,6 +12,8 @@ including ranges that come from elsewhere (device memory, shared memory, mapped 
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from oramstore._native import (
     AddressInfo,
     Allocation,
@@ -32,6 +34,11 @@ from oramstore.errors import (
     StorageReleasedError,
 )
 from oramstore.oram import PathORAM
+
+try:
+    __version__ = version("oramstore")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AddressInfo",

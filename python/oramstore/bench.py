@@ -145,7 +145,7 @@ def _storage_row(
 ) -> StorageRow:
     count = storage.count
     pool = random_batches(count, k, 32, rng)
-    starts = [int(s) for s in rng.integers(0, count - k, size=32)]
+    starts = [int(s) for s in rng.integers(0, count - k + 1, size=32)]
     cycle = itertools.cycle(pool)
     runs = itertools.cycle([np.arange(s, s + k, dtype=np.int64) for s in starts])
     plain_starts = itertools.cycle(starts)

@@ -1,10 +1,17 @@
-"""The ``oramstore`` command."""
+"""oramstore: fast untrusted memory for Oblivious RAM, and the trusted logic that makes it safe.
+
+Subcommands:
+  bench          measure a PathORAM workload (in memory or, with --path, a durable store)
+  bench storage  measure the untrusted storage's batched copies against numpy
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import platform
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,18 +21,48 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from oramstore import bench
+from oramstore import __version__, bench
 from oramstore._native import UntrustedStorage
 from oramstore.enclave.tree import DEFAULT_TREETOP_BYTES
 
 
-def _power_of_two_or_int(text: str) -> int:
-    """Parse ``4096`` or ``2^12``/``2**12``."""
-    for sep in ("^", "**"):
-        if sep in text:
-            base, exp = text.split(sep, 1)
-            return int(int(base) ** int(exp))
-    return int(text)
+def _count(text: str, *, zero: bool = False) -> int:
+    """A positive integer (or zero, if allowed), written ``4096`` or ``2^12`` / ``2**12``."""
+    try:
+        for sep in ("^", "**"):
+            if sep in text:
+                base, exp = text.split(sep, 1)
+                if not 0 <= int(exp) <= 64:
+                    raise ValueError
+                value = int(int(base) ** int(exp))
+                break
+        else:
+            value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number (4096, 2^12 or 2**12)"
+        ) from None
+    if value < 0 or (value == 0 and not zero):
+        raise argparse.ArgumentTypeError(f"must be {'>= 0' if zero else 'positive'}, got {text}")
+    return value
+
+
+def _bytes(text: str) -> int:
+    return _count(text, zero=True)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _batches(text: str) -> list[int]:
+    return [_count(part.strip()) for part in text.split(",")]
 
 
 def _progress(console: Console) -> Progress:
@@ -41,10 +78,9 @@ def _progress(console: Console) -> Progress:
 
 def _bench_storage(args: argparse.Namespace, console: Console) -> int:
     count, data_size, meta_size = args.count, args.data_size, args.meta_size
-    batches = [int(b) for b in args.batches.split(",")]
-    if any(b <= 0 or b > count for b in batches):
-        console.print(f"[red]batch sizes must lie in 1..{count}[/red]")
-        return 2
+    batches = args.batches
+    if any(b > count for b in batches):
+        raise _UsageError(f"--batches: every batch must hold at most --count ({count}) items")
     seconds, resident = bench.creation_cost(count, data_size, meta_size)
     console.print(
         f"UntrustedStorage({count}, {data_size}, {meta_size}): "
@@ -116,9 +152,6 @@ def _size(n: float) -> str:
 
 def _bench_oram(args: argparse.Namespace, console: Console) -> int:
     blocks, size = args.blocks, args.block_size
-    if args.accesses <= 0:
-        console.print("[red]--accesses must be positive[/red]")
-        return 2
     durable: dict[str, Any] = {}
     if args.path is not None:
         # A throwaway key: the store exists to be measured, not to be reopened.
@@ -154,6 +187,31 @@ def _bench_oram(args: argparse.Namespace, console: Console) -> int:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    if args.json is not None:
+        _write_json(
+            args.json,
+            "oram",
+            {
+                "blocks": blocks,
+                "block_size": size,
+                "bucket_size": args.bucket_size,
+                "treetop_bytes": args.treetop_bytes,
+                "position_map": args.position_map,
+                "path": args.path,
+                "durability": args.durability if args.path is not None else None,
+            },
+            {
+                "setup_seconds": run.setup_seconds,
+                "accesses": run.accesses,
+                "access_seconds": run.access_seconds,
+                "accesses_per_second": run.accesses_per_second,
+                "untrusted_resident_bytes": run.untrusted_resident,
+                "trusted_bytes": run.trusted_bytes,
+                "peak_resident_growth_bytes": run.memory_growth,
+                "stash_peak": run.stash_peak,
+                "stash_size": run.stash_size,
+            },
+        )
     console.print(
         "Random blocks, half reads and half writes. "
         "Every access checks out and checks in one random branch, verified (AES-GCM and a "
@@ -164,13 +222,46 @@ def _bench_oram(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="oramstore", description=__doc__)
+class _UsageError(Exception):
+    """A mistake on the command line that only shows once the arguments are read together."""
+
+
+def _write_json(path: str, workload: str, parameters: dict[str, Any], figures: Any) -> None:
+    """Write the run's figures with their parameters and the machine they came from."""
+    record = {
+        "oramstore": __version__,
+        "workload": workload,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "parameters": parameters,
+        "figures": figures,
+    }
+    with open(path, "w") as file:
+        json.dump(record, file, indent=2)
+        file.write("\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oramstore",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"oramstore {__version__}")
+    verbose = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS keeps the subcommand's copy from resetting a -v given before it.
+    verbose.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log allocations"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log allocations")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     b = sub.add_parser(
         "bench",
-        help="measure throughput",
+        parents=[verbose],
+        help="measure a PathORAM workload (default) or the untrusted storage alone",
         description="Measure an ORAM workload (default) or the untrusted storage alone.",
     )
     b.add_argument(
@@ -181,18 +272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="oram: random reads and writes of a PathORAM (default); storage: batched copies",
     )
     o = b.add_argument_group("oram workload")
-    o.add_argument("--blocks", type=_power_of_two_or_int, default=1 << 16, help="blocks (2^16)")
+    o.add_argument("--blocks", type=_count, default=1 << 16, help="blocks (2^16)")
+    o.add_argument("--block-size", type=_count, default=4096, help="bytes per block (4096)")
+    o.add_argument("--accesses", type=_count, default=20000, help="(20000)")
     o.add_argument(
-        "--block-size", type=_power_of_two_or_int, default=4096, help="bytes per block (4096)"
+        "--seconds", type=_seconds, default=40.0, help="stop measuring after this long (40)"
     )
-    o.add_argument("--accesses", type=_power_of_two_or_int, default=20000, help="(20000)")
-    o.add_argument(
-        "--seconds", type=float, default=40.0, help="stop measuring after this long (40)"
-    )
-    o.add_argument("--bucket-size", type=int, default=4, help="blocks per bucket, Z (4)")
+    o.add_argument("--bucket-size", type=_count, default=4, help="blocks per bucket, Z (4)")
     o.add_argument(
         "--treetop-bytes",
-        type=_power_of_two_or_int,
+        type=_bytes,
         default=DEFAULT_TREETOP_BYTES,
         help="trusted memory for the tree's top levels (32 MiB)",
     )
@@ -210,12 +299,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="commit",
         help="with --path: what is durable, the last commit or every access (commit)",
     )
+    o.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     s = b.add_argument_group("storage workload")
-    s.add_argument("--count", type=_power_of_two_or_int, default=1 << 18, help="items (2^18)")
-    s.add_argument("--data-size", type=_power_of_two_or_int, default=4096, help="bytes (4096)")
-    s.add_argument("--meta-size", type=_power_of_two_or_int, default=64, help="bytes (64)")
-    s.add_argument("--batches", default="1,17,64,1024", help="comma-separated batch sizes")
-    s.add_argument("--rounds", type=int, default=7, help="rounds per median (7)")
+    s.add_argument("--count", type=_count, default=1 << 18, help="items (2^18)")
+    s.add_argument("--data-size", type=_count, default=4096, help="bytes (4096)")
+    s.add_argument("--meta-size", type=_count, default=64, help="bytes (64)")
+    s.add_argument(
+        "--batches", type=_batches, default=[1, 17, 64, 1024], help="comma-separated batch sizes"
+    )
+    s.add_argument("--rounds", type=_count, default=7, help="rounds per median (7)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     console = Console()
@@ -223,9 +320,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workload == "storage":
             return _bench_storage(args, console)
         return _bench_oram(args, console)
-    except (ValueError, TypeError, MemoryError) as e:
-        console.print(f"[red]{type(e).__name__}: {e}[/red]")
+    except _UsageError as e:
+        parser.print_usage(sys.stderr)
+        print(f"oramstore: error: {e}", file=sys.stderr)
         return 2
+    except (ValueError, TypeError, MemoryError, OSError) as e:
+        print(f"oramstore: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("oramstore: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

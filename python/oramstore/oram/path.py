@@ -408,8 +408,22 @@ class PathORAM(NoCopy, Closing):
 
     # --- access ----------------------------------------------------------------------------
 
+    def __getitem__(self, index: int) -> bytes:
+        """``oram[i]`` is :meth:`read`."""
+        if isinstance(index, slice):
+            raise TypeError("an ORAM is indexed by one block at a time; use read_many for several")
+        return self.read(index)
+
+    def __setitem__(self, index: int, data: Any) -> None:
+        """``oram[i] = data`` is :meth:`write`."""
+        if isinstance(index, slice):
+            raise TypeError("an ORAM is indexed by one block at a time; use write_many for several")
+        self.write(index, data)
+
     def read(self, index: int) -> bytes:
-        """The block at ``index`` (zeros if never written)."""
+        """The block at ``index`` (zeros if never written), as ``bytes``: a copy the caller
+        may keep. :meth:`read_many` returns a numpy array instead, since a batch is bulk data
+        that callers slice and compute on."""
         result: bytes = self._run([(index, _to_bytes, False, None)])[0]
         return result
 
