@@ -218,6 +218,7 @@ class ORAMRun:
     trusted_bytes: int  # treetops, stash, position map and buffers
     stash_peak: int
     stash_size: int
+    latencies: tuple[float, ...] = ()  # seconds of single accesses (the first 20,000)
 
     @property
     def accesses_per_second(self) -> float:
@@ -272,6 +273,8 @@ def run_oram(
     setup = time.perf_counter() - start
     with oram:
         pool = [rng.integers(0, 256, block_size, np.uint8).tobytes() for _ in range(64)]
+        latencies: list[float] = []
+        clock = time.perf_counter
         done = 0
         chunk = max(1, min(1000, accesses // 100))
         start = time.perf_counter()
@@ -281,10 +284,13 @@ def run_oram(
             indices = rng.integers(0, block_count, step).tolist()
             writes = (rng.random(step) < 0.5).tolist()
             for k in range(step):
+                before = clock()
                 if writes[k]:
                     oram.write(indices[k], pool[k & 63])
                 else:
                     oram.read(indices[k])
+                if len(latencies) < 20_000:
+                    latencies.append(clock() - before)
             done += step
             if progress is not None:
                 progress(step)
@@ -301,4 +307,5 @@ def run_oram(
             oram.trusted_bytes,
             oram.stash_peak,
             oram.stash_size,
+            tuple(latencies),
         )

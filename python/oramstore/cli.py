@@ -3,6 +3,7 @@
 Subcommands:
   bench          measure a PathORAM workload (in memory or, with --path, a durable store)
   bench storage  measure the untrusted storage's batched copies against numpy
+  report         draw plots from the JSON records of bench runs (needs matplotlib)
 """
 
 from __future__ import annotations
@@ -210,8 +211,10 @@ def _bench_oram(args: argparse.Namespace, console: Console) -> int:
                 "peak_resident_growth_bytes": run.memory_growth,
                 "stash_peak": run.stash_peak,
                 "stash_size": run.stash_size,
+                "latencies_us": [round(t * 1e6, 2) for t in run.latencies],
             },
         )
+        console.print(f"figures written to {args.json}", markup=False)
     console.print(
         "Random blocks, half reads and half writes. "
         "Every access checks out and checks in one random branch, verified (AES-GCM and a "
@@ -226,16 +229,22 @@ class _UsageError(Exception):
     """A mistake on the command line that only shows once the arguments are read together."""
 
 
+def machine() -> dict[str, Any]:
+    """What a benchmark record says of the machine it came from."""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "oramstore": __version__,
+    }
+
+
 def _write_json(path: str, workload: str, parameters: dict[str, Any], figures: Any) -> None:
     """Write the run's figures with their parameters and the machine they came from."""
     record = {
         "oramstore": __version__,
         "workload": workload,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "parameters": parameters,
         "figures": figures,
     }
@@ -308,7 +317,29 @@ def _parser() -> argparse.ArgumentParser:
         "--batches", type=_batches, default=[1, 17, 64, 1024], help="comma-separated batch sizes"
     )
     s.add_argument("--rounds", type=_count, default=7, help="rounds per median (7)")
+    r = sub.add_parser(
+        "report",
+        parents=[verbose],
+        help="draw plots from the JSON records of bench runs (needs matplotlib)",
+        description="Draw throughput, latency, memory and cost-breakdown plots from the JSON "
+        "records that `oramstore bench --json` and benches/bench_oram.py --json write.",
+    )
+    r.add_argument("files", nargs="+", metavar="FILE", help="JSON records")
+    r.add_argument("--out", required=True, metavar="DIR", help="directory for the PNG files")
     return parser
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from oramstore.report import load_records, write_report
+
+    try:
+        written = write_report(load_records(args.files), args.out)
+    except ImportError as error:
+        print(f"oramstore: error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        console.print(f"wrote {path}", markup=False)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     console = Console()
     try:
+        if args.command == "report":
+            return _report(args, console)
         if args.workload == "storage":
             return _bench_storage(args, console)
         return _bench_oram(args, console)
