@@ -196,6 +196,7 @@ class UntrustedStorage:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
+        /,
     ) -> bool:
         """Release the storage."""
 

@@ -39,6 +39,24 @@ fn query_arg(obj: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
     }
 }
 
+/// An allocator of untrusted memory, over chunks it maps itself and ranges inserted by the
+/// caller (device buffers, shared memory, mapped files).
+///
+/// Blocks are powers of two from 16 bytes up, split and merged buddy-fashion, and aligned to
+/// their size. All bookkeeping lives in the allocator's own memory, never in the ranges it
+/// manages, so rewriting untrusted memory cannot steer it. Blocks up to 1 MiB go through
+/// per-thread caches; a block may be freed on any thread.
+///
+/// Own chunks are ``chunk_size`` bytes (a larger request gets a chunk of its own); empty ones
+/// are given back to the kernel, except one kept in reserve.
+///
+/// Args:
+///     chunk_size: bytes of each own chunk, a power of two of at least 64 KiB.
+///     chunk_limit: the most bytes of own chunks mapped at once; ``0`` serves only inserted
+///         ranges. No limit by default.
+///
+/// Raises:
+///     ValueError: ``chunk_size`` is not a power of two of at least 64 KiB.
 #[pyclass(module = "oramstore", name = "UntrustedAllocator", frozen)]
 pub struct PyUntrustedAllocator {
     inner: UntrustedAllocator,
@@ -84,16 +102,24 @@ impl PyUntrustedAllocator {
         })
     }
 
+    /// Bytes of each own chunk.
     #[getter]
     fn chunk_size(&self) -> usize {
         self.inner.config().chunk_size
     }
 
+    /// The most bytes of own chunks mapped at once, or ``None`` for no limit.
     #[getter]
     fn chunk_limit(&self) -> Option<usize> {
         Some(self.inner.config().chunk_limit).filter(|&limit| limit != usize::MAX)
     }
 
+    /// Allocate ``size`` bytes aligned to ``align`` bytes. The contents are arbitrary.
+    ///
+    /// Raises:
+    ///     ValueError: ``size`` is zero or negative, ``align`` is not a power of two, or the
+    ///         block they need does not fit the address space.
+    ///     MemoryError: no managed range has room and no chunk may or can be mapped.
     #[pyo3(signature = (size, align = None), text_signature = "($self, /, size, align=16)")]
     fn alloc(
         &self,
@@ -111,6 +137,26 @@ impl PyUntrustedAllocator {
         Ok(PyAllocation::new(block))
     }
 
+    /// Manage the memory of ``buffer`` (an ``mmap.mmap``, a numpy array, ...) as well.
+    ///
+    /// The buffer must be writable and C-contiguous, and its start and length multiples of 16
+    /// bytes. The allocator holds a view of it until the range is removed, so the exporter
+    /// can neither close nor resize it meanwhile.
+    ///
+    /// Memory that a foreign library mapped is inserted by wrapping its address explicitly,
+    /// which makes the promise visible in the caller's code::
+    ///
+    ///     buf = (ctypes.c_char * length).from_address(address)
+    ///     handle = allocator.insert_range(buf)
+    ///
+    /// Nothing then keeps that memory alive: the caller must keep it mapped, readable and
+    /// writable until the range is removed (or the allocator dropped). A range that is not
+    /// entirely mapped is refused; one that is mapped without write access is not detected.
+    ///
+    /// Raises:
+    ///     TypeError: ``buffer`` is read-only or not a buffer.
+    ///     ValueError: the buffer is empty, not C-contiguous, not aligned, not entirely
+    ///         mapped, or overlaps a range the allocator already manages.
     fn insert_range(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<PyRangeHandle> {
         let view = ByteBuffer::writable(buffer, "buffer")?.hold();
         let (start, len) = (view.as_ptr() as usize, view.len());
@@ -138,6 +184,15 @@ impl PyUntrustedAllocator {
         Ok(self.handle(info))
     }
 
+    /// Stop managing an inserted range and release the buffer it came from.
+    ///
+    /// Nothing is ever served from the range afterwards.
+    ///
+    /// Raises:
+    ///     RangeInUseError: blocks in the range are still allocated (``live_blocks`` says how
+    ///         many).
+    ///     ValueError: the range was already removed, belongs to another allocator, or is one
+    ///         of the allocator's own chunks.
     fn remove_range(&self, py: Python<'_>, handle: PyRef<'_, PyRangeHandle>) -> PyResult<()> {
         if handle.allocator != self.inner.id() {
             return Err(PyValueError::new_err(format!(
@@ -161,6 +216,7 @@ impl PyUntrustedAllocator {
         Ok(())
     }
 
+    /// Whether ``address`` lies in a range this allocator manages.
     fn owns(&self, py: Python<'_>, address: &Bound<'_, PyAny>) -> PyResult<bool> {
         let Some(addr) = query_arg(address)? else {
             return Ok(false);
@@ -169,6 +225,8 @@ impl PyUntrustedAllocator {
         Ok(py.detach(|| inner.owns(addr as *const u8)))
     }
 
+    /// The managed range that contains ``address`` and the live block that contains it, or
+    /// ``None`` if no managed range does.
     fn find(&self, py: Python<'_>, address: &Bound<'_, PyAny>) -> PyResult<Option<PyAddressInfo>> {
         let Some(addr) = query_arg(address)? else {
             return Ok(None);
@@ -183,6 +241,7 @@ impl PyUntrustedAllocator {
         }))
     }
 
+    /// A snapshot of the allocator's statistics.
     fn stats(&self, py: Python<'_>) -> PyResult<PyAllocatorStats> {
         let inner = &self.inner;
         let s = py.detach(|| inner.stats());
@@ -220,6 +279,9 @@ impl PyUntrustedAllocator {
         })
     }
 
+    /// Give the calling thread's cached free blocks back to the shared structure.
+    ///
+    /// Never needed for correctness; it lets empty chunks go back to the kernel sooner.
     fn flush_thread_cache(&self, py: Python<'_>) {
         let inner = &self.inner;
         py.detach(|| inner.flush_thread_cache());
@@ -243,6 +305,12 @@ struct Held {
     views: usize,
 }
 
+/// A block of an :class:`UntrustedAllocator`, usable wherever a writable buffer is, for
+/// example ``numpy.frombuffer(blk, dtype=numpy.uint8)``.
+///
+/// The block is freed by :meth:`free`, or when the object is garbage collected. While a
+/// memoryview or numpy array of it is alive it cannot be freed, so no view ever points to
+/// freed memory. After :meth:`free`, every use raises ``ValueError``.
 #[pyclass(module = "oramstore", name = "Allocation", frozen)]
 pub struct PyAllocation {
     address: usize,
@@ -276,27 +344,36 @@ impl PyAllocation {
 
 #[pymethods]
 impl PyAllocation {
+    /// Address of the first byte.
     #[getter]
     fn address(&self) -> PyResult<usize> {
         self.live()?;
         Ok(self.address)
     }
 
+    /// Bytes asked for; the buffer has exactly this many.
     #[getter]
     fn size(&self) -> PyResult<usize> {
         self.live()?;
         Ok(self.size)
     }
 
+    /// Whether :meth:`free` has been called.
     #[getter]
     fn freed(&self) -> bool {
         self.held.lock().block.is_none()
     }
 
+    /// Bytes asked for.
     fn __len__(&self) -> PyResult<usize> {
         self.size()
     }
 
+    /// Give the block back to its allocator now.
+    ///
+    /// Raises:
+    ///     ValueError: the allocation was already freed.
+    ///     BufferError: a memoryview or numpy array of the block is still alive.
     fn free(&self, py: Python<'_>) -> PyResult<()> {
         let block = {
             let mut held = self.held.lock();
@@ -387,6 +464,11 @@ impl Drop for PyAllocation {
     }
 }
 
+/// A range managed by an :class:`UntrustedAllocator`, as returned by
+/// :meth:`UntrustedAllocator.insert_range` and :meth:`UntrustedAllocator.find`.
+///
+/// Handles compare equal when they name the same range; a range inserted again after its
+/// removal gets a new identity.
 #[pyclass(module = "oramstore", name = "RangeHandle", frozen, eq, hash)]
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PyRangeHandle {
@@ -399,26 +481,31 @@ pub struct PyRangeHandle {
 
 #[pymethods]
 impl PyRangeHandle {
+    /// An identifier unique within the allocator.
     #[getter]
     fn id(&self) -> u64 {
         self.id
     }
 
+    /// Address of the first byte.
     #[getter]
     fn start(&self) -> usize {
         self.start
     }
 
+    /// Length in bytes.
     #[getter]
     fn length(&self) -> usize {
         self.length
     }
 
+    /// Address one past the last byte.
     #[getter]
     fn end(&self) -> usize {
         self.start + self.length
     }
 
+    /// True for an inserted range, false for one of the allocator's own chunks.
     #[getter]
     fn inserted(&self) -> bool {
         self.inserted
@@ -435,9 +522,14 @@ impl PyRangeHandle {
     }
 }
 
+/// What :meth:`UntrustedAllocator.find` knows about an address.
 #[pyclass(module = "oramstore", name = "AddressInfo", frozen, get_all)]
 pub struct PyAddressInfo {
+    /// The managed range that contains the address.
     range: Py<PyRangeHandle>,
+    /// ``(start, size)`` of the live block that contains the address, ``None`` if it lies
+    /// in free memory. ``size`` is the block's full size, the request rounded up to a power of
+    /// two.
     block: Option<(usize, usize)>,
 }
 
@@ -454,10 +546,14 @@ impl PyAddressInfo {
     }
 }
 
+/// Statistics of one managed range.
 #[pyclass(module = "oramstore", name = "RangeStats", frozen, get_all)]
 pub struct PyRangeStats {
+    /// The range.
     range: Py<PyRangeHandle>,
+    /// Bytes in free blocks.
     free_bytes: usize,
+    /// Bytes in live blocks and in free blocks held by thread caches.
     used_bytes: usize,
 }
 
@@ -473,23 +569,43 @@ impl PyRangeStats {
     }
 }
 
+/// A snapshot of an :class:`UntrustedAllocator`'s statistics.
+///
+/// While other threads allocate, the numbers are a moment's approximation. When they are
+/// quiet, ``free_bytes + allocated_bytes + cached_bytes == managed_bytes``.
 #[pyclass(module = "oramstore", name = "AllocatorStats", frozen, get_all)]
 pub struct PyAllocatorStats {
+    /// Every managed range, by address.
     ranges: Py<PyTuple>,
+    /// Bytes of all managed ranges.
     managed_bytes: usize,
+    /// Bytes of inserted ranges.
     inserted_bytes: usize,
+    /// Bytes of own chunks.
     chunk_bytes: usize,
+    /// Bytes in free blocks of all ranges.
     free_bytes: usize,
+    /// Own chunks mapped now.
     chunks: usize,
+    /// Own chunks mapped since the allocator was created.
     chunks_mapped: u64,
+    /// Own chunks given back since the allocator was created.
     chunks_released: u64,
+    /// Allocated blocks.
     live_blocks: u64,
+    /// Bytes asked for by the allocated blocks.
     requested_bytes: u64,
+    /// Bytes of the allocated blocks, each rounded up to its power-of-two size.
     allocated_bytes: u64,
+    /// Free blocks held by thread caches.
     cached_blocks: u64,
+    /// Bytes of the free blocks held by thread caches.
     cached_bytes: u64,
+    /// Allocations a thread cache served without refilling.
     cache_hits: u64,
+    /// Batches thread caches fetched from the shared structure.
     cache_refills: u64,
+    /// Batches thread caches gave back to the shared structure.
     cache_flushes: u64,
 }
 

@@ -62,6 +62,24 @@ pub fn size_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
 /// A batch of items as `(data, meta)` arrays.
 type Items<'py> = (Bound<'py, PyArray2<u8>>, Bound<'py, PyArray2<u8>>);
 
+/// ``count`` fixed-size items, each ``data_size`` bytes of data and ``meta_size`` bytes of
+/// metadata, kept in two lazily mapped segments of host memory, or in a file (see
+/// :meth:`open`).
+///
+/// Creating a storage touches no memory: a multi-GiB storage is ready in microseconds and its
+/// resident size grows only as items are written. The metadata of an item that was never
+/// checked in reads as zeros; its data may read as anything.
+///
+/// Items move in batches. Copies release the interpreter lock, and one storage may be used
+/// from several threads: checkouts run in parallel, checkins one at a time.
+///
+/// The memory is accounted in :func:`allocated_bytes` and every allocation and release is
+/// logged on the ``"oramstore"`` logger.
+///
+/// Raises:
+///     ValueError: a size is zero or negative, or ``count * size`` overflows.
+///     MemoryError: the kernel refuses the mapping.
+///     TypeError: a size is not an int.
 #[pyclass(module = "oramstore", name = "UntrustedStorage", frozen)]
 pub struct PyUntrustedStorage {
     inner: Storage,
@@ -94,6 +112,14 @@ impl PyUntrustedStorage {
 
 #[pymethods]
 impl PyUntrustedStorage {
+    /// With ``allocator``, both segments are blocks of that :class:`UntrustedAllocator`
+    /// instead of fresh mappings. The metadata segment is then zeroed once here, since the
+    /// allocator's memory may hold anything; the data segment still gets no initialising pass.
+    /// The storage keeps the allocator alive, and its blocks keep their range from being
+    /// removed, until the storage is released.
+    ///
+    /// Raises:
+    ///     MemoryError: the allocator has no room and may map no more memory.
     #[new]
     #[pyo3(signature = (count, data_size, meta_size, *, allocator = None))]
     fn new(
@@ -117,8 +143,33 @@ impl PyUntrustedStorage {
         Ok(PyUntrustedStorage { inner })
     }
 
-    /// `UntrustedStorage.open(path, count=None, data_size=None, meta_size=None, *,
-    /// create=False)`: a storage in a file.
+    /// A storage whose items live in the file at ``path``: durable, and as large as the
+    /// disk allows rather than memory.
+    ///
+    /// With ``create=True`` the file must not exist, and all three sizes are required: a
+    /// 4096-byte header is written and the file's length set, and nothing else, so the file
+    /// is sparse and takes disk space only as items are written (a 256 GiB storage is created
+    /// at once). Otherwise the file must exist and its header gives the sizes; a size given
+    /// must match it. The layout of the file is in the README ("On a file").
+    ///
+    /// The storage works like one in memory: the same checks and errors, copies with the
+    /// interpreter lock released, never-written items read as zeros (data too). Items move by
+    /// positioned reads and writes through the kernel's page cache, so the file takes none of
+    /// the process's memory; the disk reads of everything a batch misses in the page cache are
+    /// queued at once, before the call waits on any. Checkins are durable after :meth:`flush`.
+    ///
+    /// The host owns the file and may change it at any time: bytes past its end (a truncated
+    /// file) read as zeros, and writes go exactly to the items' bytes.
+    ///
+    /// Raises:
+    ///     FileExistsError: ``create=True`` and the file exists.
+    ///     FileNotFoundError: ``create=False`` and the file does not exist.
+    ///     TypeError: ``create=True`` without all three sizes, or ``path`` is not a str or
+    ///         ``os.PathLike``.
+    ///     ValueError: a size is not valid, a size differs from the header's, or the file is
+    ///         not a valid storage file (wrong magic or format version, sizes that overflow,
+    ///         shorter than its header, not a regular file).
+    ///     OSError: any other refusal by the system, with its ``errno`` and ``filename``.
     #[classmethod]
     #[pyo3(signature = (path, count = None, data_size = None, meta_size = None, *, create = false))]
     fn open(
@@ -171,6 +222,7 @@ impl PyUntrustedStorage {
         Ok(PyUntrustedStorage { inner })
     }
 
+    /// The storage's file as an absolute path, or ``None`` for a storage in memory.
     #[getter]
     fn path<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyString>> {
         // A str, decoded as `os.fsdecode` would, rather than PyO3's `pathlib.Path`.
@@ -181,39 +233,60 @@ impl PyUntrustedStorage {
         }
     }
 
+    /// Number of items.
     #[getter]
     fn count(&self) -> u64 {
         self.inner.layout().count
     }
 
+    /// Bytes of data per item.
     #[getter]
     fn data_size(&self) -> usize {
         self.inner.layout().data_size
     }
 
+    /// Bytes of metadata per item.
     #[getter]
     fn meta_size(&self) -> usize {
         self.inner.layout().meta_size
     }
 
+    /// Virtual (or, in a file, logical) bytes of both segments,
+    /// ``count * (data_size + meta_size)``.
     #[getter]
     fn nbytes(&self) -> usize {
         self.inner.layout().nbytes()
     }
 
+    /// Whether :meth:`release` has been called.
     #[getter]
     fn released(&self) -> bool {
         self.inner.is_released()
     }
 
+    /// Number of items.
     fn __len__(&self) -> usize {
         self.inner.layout().count as usize
     }
 
+    /// Bytes of both segments resident in physical memory, as the kernel reports them.
+    ///
+    /// Always 0 for a storage in a file: its bytes are in the kernel's page cache, which is not
+    /// the process's memory.
     fn resident_bytes(&self) -> PyResult<usize> {
         Ok(self.inner.resident_bytes()?)
     }
 
+    /// Copy the items at ``indices`` out, in the order given; an index may repeat.
+    ///
+    /// Returns:
+    ///     ``(data, meta)``, new arrays of shape ``(k, data_size)`` and ``(k, meta_size)``.
+    ///
+    /// Raises:
+    ///     IndexError: an index is negative or not below ``count``.
+    ///     TypeError: ``indices`` is not a sequence of ints or an integer array.
+    ///     StorageReleasedError: the storage was released.
+    ///     OSError: reading the storage's file failed.
     fn checkout<'py>(&self, py: Python<'py>, indices: &Bound<'py, PyAny>) -> PyResult<Items<'py>> {
         let indices = indices_from(indices)?;
         let layout = self.inner.layout();
@@ -236,6 +309,15 @@ impl PyUntrustedStorage {
         Ok((data, meta))
     }
 
+    /// Like :meth:`checkout`, into caller buffers, allocating nothing.
+    ///
+    /// ``data_out`` and ``meta_out`` must be writable C-contiguous buffers of exactly
+    /// ``k * data_size`` and ``k * meta_size`` bytes. Nothing is written if any check fails.
+    ///
+    /// Raises:
+    ///     ValueError: a buffer has the wrong length, is not C-contiguous, or overlaps the
+    ///         other buffer or the storage's own memory.
+    ///     TypeError: a buffer is read-only or not a buffer.
     fn checkout_into(
         &self,
         py: Python<'_>,
@@ -265,6 +347,19 @@ impl PyUntrustedStorage {
         self.checkout_to(py, &indices, dp, dl, mp, ml)
     }
 
+    /// Copy item ``k`` of ``data`` and ``meta`` to the item at ``indices[k]``.
+    ///
+    /// ``data`` and ``meta`` are any C-contiguous buffers (bytes, bytearray, memoryview, numpy)
+    /// of exactly ``k * data_size`` and ``k * meta_size`` bytes. Indices must be distinct.
+    /// Nothing is written if any check fails; in a file, an I/O error may leave part of the
+    /// batch written.
+    ///
+    /// Raises:
+    ///     IndexError: an index is negative or not below ``count``.
+    ///     ValueError: an index repeats, or a buffer has the wrong length or is not
+    ///         C-contiguous.
+    ///     TypeError: a buffer is not a buffer.
+    ///     OSError: writing the storage's file failed.
     fn checkin(
         &self,
         py: Python<'_>,
@@ -289,11 +384,23 @@ impl PyUntrustedStorage {
         Ok(())
     }
 
+    /// Make every checkin so far durable (``fdatasync`` of the file). Does nothing for a
+    /// storage in memory.
+    ///
+    /// Raises:
+    ///     StorageReleasedError: the storage was released.
+    ///     OSError: the system could not write the file back.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.inner.flush())?;
         Ok(())
     }
 
+    /// Give the memory back, or close the file, now. Any later call raises
+    /// :class:`StorageReleasedError`.
+    ///
+    /// The file stays on disk; release does not flush, so checkins since the last
+    /// :meth:`flush` may not survive a crash. Waits for copies in progress on other threads.
+    /// Calling it again does nothing.
     fn release(&self, py: Python<'_>) {
         py.detach(|| self.inner.release());
     }
@@ -302,7 +409,8 @@ impl PyUntrustedStorage {
         slf
     }
 
-    #[pyo3(signature = (*_args))]
+    /// Release the storage.
+    #[pyo3(signature = (*_args), text_signature = "($self, exc_type, exc, tb, /)")]
     fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> bool {
         self.release(py);
         false
@@ -333,7 +441,8 @@ fn ranges_overlap(a: *mut u8, a_len: usize, b: *mut u8, b_len: usize) -> bool {
     a_len != 0 && b_len != 0 && a < b.saturating_add(b_len) && b < a.saturating_add(a_len)
 }
 
-/// Bytes of segments held by all live storages of this process.
+/// Bytes of segments held by all live storages of this process (virtual, both segments; a
+/// storage in a file counts its logical size).
 #[pyfunction]
 pub fn allocated_bytes() -> u64 {
     crate::storage::allocated_bytes()
