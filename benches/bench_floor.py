@@ -14,6 +14,12 @@ block written first, so that every sealed bucket on a branch is really opened.
 Rounds interleave the two: ``--accesses`` random accesses (half reads, half writes), then the
 floor of as many accesses. The ratio access / floor is printed per round, with its median and
 range, so that a busy machine slows both sides alike.
+
+``--breakdown`` then times the parts of further accesses (median over rounds, in µs per access;
+the timing wrappers add a little to each part): AES-GCM calls, the untrusted storage's copies,
+the tree layer's Python around them, the ORAM's serve step (finding the block, placing the
+candidates, moving rows in trusted memory) and the API around an access (argument checks,
+locks, position map, leaves).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -33,7 +41,7 @@ from oramstore.enclave.tree import _META_ITEM, DEFAULT_TREETOP_BYTES
 def parse_count(text: str) -> int:
     if "^" in text:
         base, exp = text.split("^")
-        return int(base) ** int(exp)
+        return int(int(base) ** int(exp))
     return int(text)
 
 
@@ -94,14 +102,105 @@ def workload(oram: PathORAM, accesses: int, rng: np.random.Generator, pool: np.n
             oram.read(i)
 
 
+class _Timed:
+    """Forwards every call to ``inner``, adding the time each method in ``names`` takes to
+    ``totals[key]``."""
+
+    def __init__(self, inner: Any, names: tuple[str, ...], totals: dict[str, float], key: str):
+        self._inner, self._names, self._totals, self._key = inner, names, totals, key
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._inner, name)
+        if name not in self._names:
+            return value
+        return _timed(value, self._totals, self._key)
+
+
+def _timed(function: Callable[..., Any], totals: dict[str, float], key: str) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            totals[key] += time.perf_counter() - start
+
+    return call
+
+
+class _TimedAead:
+    """An AES-GCM object whose two calls add their time to ``totals["aes"]``."""
+
+    def __init__(self, inner: AESGCM, totals: dict[str, float]) -> None:
+        self._inner, self._totals = inner, totals
+
+    def decrypt_into(self, *args: Any) -> None:
+        start = time.perf_counter()
+        try:
+            self._inner.decrypt_into(*args)
+        finally:
+            self._totals["aes"] += time.perf_counter() - start
+
+    def encrypt_into(self, *args: Any) -> None:
+        start = time.perf_counter()
+        self._inner.encrypt_into(*args)
+        self._totals["aes"] += time.perf_counter() - start
+
+
+class _TimedSealer(_Timed):
+    def aead(self, session: bytes) -> Any:
+        return _TimedAead(self._inner.aead(session), self._totals)
+
+
+def breakdown(
+    oram: PathORAM, accesses: int, rounds: int, rng: np.random.Generator, pool: np.ndarray
+) -> dict[str, float]:
+    """Median µs per access of each part (see the module's docstring)."""
+    tree = oram.tree
+    totals = dict.fromkeys(("aes", "copies", "tree", "serve"), 0.0)
+    saved = tree.untrusted, tree._sealer
+    if tree.untrusted is not None:
+        tree.untrusted = _Timed(tree.untrusted, ("checkout_into", "checkin"), totals, "copies")  # type: ignore[assignment]
+    tree._sealer = _TimedSealer(tree._sealer, (), totals, "")  # type: ignore[assignment]
+    tree._checkout_lower_locked = _timed(tree._checkout_lower_locked, totals, "tree")  # type: ignore[method-assign]
+    tree.checkin_lower = _timed(tree.checkin_lower, totals, "tree")  # type: ignore[method-assign]
+    oram._serve = _timed(oram._serve, totals, "serve")  # type: ignore[method-assign]
+    parts: dict[str, list[float]] = {}
+    try:
+        for _ in range(rounds):
+            for key in totals:
+                totals[key] = 0.0
+            start = time.perf_counter()
+            workload(oram, accesses, rng, pool)
+            total = time.perf_counter() - start
+            split = {
+                "AES-GCM": totals["aes"],
+                "untrusted copies": totals["copies"],
+                "tree Python": totals["tree"] - totals["aes"] - totals["copies"],
+                "ORAM serve Python": totals["serve"] - totals["tree"],
+                "API Python": total - totals["serve"],
+                "total": total,
+            }
+            for name, value in split.items():
+                parts.setdefault(name, []).append(value / accesses * 1e6)
+    finally:
+        tree.untrusted, tree._sealer = saved
+        del tree._checkout_lower_locked, tree.checkin_lower, oram._serve
+    return {name: statistics.median(values) for name, values in parts.items()}
+
+
 def measure(
-    blocks: int, block_size: int, treetop_bytes: int, rounds: int, accesses: int
+    blocks: int,
+    block_size: int,
+    treetop_bytes: int,
+    rounds: int,
+    accesses: int,
+    parts: dict[str, float] | None = None,
 ) -> dict[str, float]:
     rng = np.random.default_rng(1)
     pool = rng.integers(0, 256, (64, block_size), np.uint8)
     oram = PathORAM(blocks, block_size, treetop_bytes=treetop_bytes)
-    for start in range(0, blocks, 4096):
-        for i in range(start, min(blocks, start + 4096)):
+    for first in range(0, blocks, 4096):
+        for i in range(first, min(blocks, first + 4096)):
             oram.write(i, pool[i & 63])
     floor = Floor(oram)
     ratios, access_us, floor_us = [], [], []
@@ -115,6 +214,8 @@ def measure(
         access_us.append(a * 1e6)
         floor_us.append(f * 1e6)
         ratios.append(a / f if f else float("inf"))
+    if parts is not None:
+        parts.update(breakdown(oram, accesses, rounds, rng, pool))
     oram.close()
     return {
         "sealed_levels": floor.sealed_levels,
@@ -135,16 +236,20 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--accesses", type=int, default=400)
+    parser.add_argument("--breakdown", action="store_true", help="time the parts of an access")
     args = parser.parse_args()
     print(f"{'N':>8} {'block':>6} {'treetop':>10} {'sealed':>6} {'access µs':>10} "
           f"{'floor µs':>9} {'ratio (median, range)':>24}")  # fmt: skip
     for treetop in args.treetop_bytes:
-        r = measure(args.blocks, args.block_size, treetop, args.rounds, args.accesses)
+        parts: dict[str, float] | None = {} if args.breakdown else None
+        r = measure(args.blocks, args.block_size, treetop, args.rounds, args.accesses, parts)
         print(
             f"{args.blocks:>8} {args.block_size:>6} {treetop:>10} {r['sealed_levels']:>6} "
             f"{r['access_us']:>10.1f} {r['floor_us']:>9.1f} "
             f"{r['ratio']:>10.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
         )
+        if parts:
+            print("    " + ", ".join(f"{name} {value:.1f}" for name, value in parts.items()))
     return 0
 
 

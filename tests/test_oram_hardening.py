@@ -402,7 +402,8 @@ def test_a_block_stored_where_the_map_does_not_put_it_is_an_integrity_error() ->
         oram.write(9, b"ninenine")
         positions = oram.position_map
         assert isinstance(positions, ArrayPositionMap)
-        positions._entries[9] ^= 1
+        # Entries hold leaf + 1: move the block to the neighbouring leaf, still assigned.
+        positions._entries[9] = ((int(positions._entries[9]) - 1) ^ 1) + 1
         # Found off its branch, or not found on the branch the map names: an error either way.
         with pytest.raises(IntegrityError, match=r"position map|neither on its branch"):
             oram.read(9)

@@ -37,6 +37,7 @@ __all__ = [
     "COUNTER_BYTES",
     "KEY_BYTES",
     "NONCE_BYTES",
+    "NONCE_PAD",
     "SALT_BYTES",
     "SESSION_BYTES",
     "TAG_BYTES",
@@ -57,6 +58,10 @@ COUNTER_BYTES = 8
 MAX_COUNTER = (1 << 64) - 1
 
 _NONCE = struct.Struct("<Q4x")
+NONCE_PAD = bytes(NONCE_BYTES - COUNTER_BYTES)
+"""A nonce is the counter's 8 bytes, little-endian, followed by these: ``_NONCE.pack(c)`` is
+``c.to_bytes(8, "little") + NONCE_PAD``, so a counter as recorded in a bucket's version
+becomes its nonce without a conversion."""
 
 KeyLike: TypeAlias = bytes | bytearray | memoryview | npt.NDArray[np.uint8]
 """What a key may be given as: any buffer of 32 bytes."""
@@ -199,6 +204,13 @@ class BucketSealer(NoCopy):
             aead = AESGCM(derive_key(self._master, self.salt, self._info + session))
             self._keys[session] = aead
         return aead
+
+    def aead(self, session: bytes) -> AESGCM:
+        """The AES-GCM object of ``session``'s key, for a caller that seals or opens many
+        buckets in a row: its nonces must be ``counter.to_bytes(8, "little") + NONCE_PAD``,
+        with counters from :meth:`reserve` when it seals (under :attr:`session`)."""
+        aead = self._keys.get(session)
+        return self._key_of(session) if aead is None else aead
 
     def reserve(self, n: int) -> int:
         """Consume ``n`` counters of this session at once and return the first; they run

@@ -39,6 +39,7 @@ from oramstore._closing import Closing
 from oramstore._native import UntrustedStorage
 from oramstore.enclave.crypto import (
     COUNTER_BYTES,
+    NONCE_PAD,
     SESSION_BYTES,
     TAG_BYTES,
     BucketSealer,
@@ -61,6 +62,7 @@ _LEFT = slice(_VERSION, _VERSION + _RECORD)
 _RIGHT = slice(_VERSION + _RECORD, _HEADER)
 _NEVER_WRITTEN = bytes(_RECORD)
 _ZERO_META = bytes(_META_ITEM)
+_ZERO_COUNTER = bytes(COUNTER_BYTES)
 
 Bytes = npt.NDArray[np.uint8]
 
@@ -155,6 +157,16 @@ class TreeStorage(NoCopy, Closing):
         # The trusted Merkle roots: records of the buckets on the first untrusted level.
         self._roots: Bytes = np.zeros((self._offset, _RECORD), np.uint8)
         self._shifts = np.arange(height, -1, -1, dtype=np.int64)
+        # Per-row views of the buffers above, made once: every access hands each row to
+        # AES-GCM, and slicing numpy arrays anew for each of them would cost more than the
+        # Python around the cipher otherwise does. (_load_state and the sealing code write
+        # these buffers in place, so the views stay valid for the tree's life.)
+        self._lower_shifts = list(range(levels - top - 1, -1, -1))
+        self._sealed_rows = [row.data for row in self._sealed]
+        self._sealed_tags = [row.data[-TAG_BYTES:] for row in self._sealed]
+        self._lower_rows = [row.data for row in self._lower]
+        self._roots_flat = self._roots.data.cast("B")
+        self._slot_bits = self._slots.data
         self._pending: _Pending | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -261,9 +273,11 @@ class TreeStorage(NoCopy, Closing):
             top = self.treetop_levels
             if top:
                 out[:top] = self._top[nodes[:top] - 1]
-            heads = self._load_lower(nodes, out[top:])
+            lower = nodes[top:].tolist()
+            items = self._items(lower)
+            heads = self._load_lower(lower, items, [row.data for row in out[top:]])
             data, meta = out[:, : self.bucket_size], out[:, self.bucket_size :]
-            self._pending = _Pending(int(leaf), nodes, out, data, meta, heads)
+            self._pending = _Pending(int(leaf), lower, items, nodes, out, data, meta, heads)
             return data, meta
 
     def checkout_lower(self, leaf: int) -> npt.NDArray[np.int64]:
@@ -274,20 +288,39 @@ class TreeStorage(NoCopy, Closing):
         """
         with self._lock:
             self._check_open()
-            nodes = self.path(leaf)
-            heads = self._load_lower(nodes, self._lower)
-            self._pending = _Pending(
-                int(leaf), nodes, self._lower, None, None, heads, in_place=True
-            )
-            return nodes
+            leaf = self._check_leaf(leaf)
+            self._checkout_lower(leaf)
+            return (self.leaf_count + leaf) >> self._shifts
 
     def checkin_lower(self, leaf: int) -> None:
         """Seal the untrusted levels of the branch to ``leaf`` from the last rows of
         :attr:`rows` and write them back. Must follow :meth:`checkout_lower` of that leaf."""
         with self._lock:
-            pending = self._take_pending(leaf, in_place=True)
-            self._commit_lower(pending.nodes, pending.plain, pending.heads)
-            self._pending = None
+            self._take_pending(leaf, in_place=True)
+            self._checkin_lower()
+
+    def _checkout_lower_locked(self, leaf: int) -> None:
+        """:meth:`checkout_lower` for a caller that has checked ``leaf`` and needs no indices
+        back: the ORAM, once per access."""
+        with self._lock:
+            self._check_open()
+            self._checkout_lower(leaf)
+
+    def _checkout_lower(self, leaf: int) -> None:
+        """:meth:`checkout_lower` of a valid ``leaf`` (an int), with :attr:`_lock` held and the
+        tree known to be open."""
+        node = self.leaf_count + leaf
+        lower = [node >> shift for shift in self._lower_shifts]
+        items = self._items(lower)
+        heads = self._load_lower(lower, items, self._lower_rows)
+        self._pending = _Pending(leaf, lower, items, None, self._lower, None, None, heads, True)
+
+    def _checkin_lower(self) -> None:
+        """:meth:`checkin_lower` with :attr:`_lock` held and an in-place checkout pending."""
+        pending = self._pending
+        assert pending is not None and pending.in_place
+        self._commit_lower(pending.lower, pending.items, self._lower_rows, pending.heads)
+        self._pending = None
 
     def checkin_branch(self, leaf: int, data: Any, meta: Any) -> None:
         """Write the branch to ``leaf`` back, re-encrypted under fresh nonces.
@@ -305,9 +338,11 @@ class TreeStorage(NoCopy, Closing):
         with self._lock:
             pending = self._take_pending(leaf, in_place=False)
             nodes = pending.nodes
+            assert nodes is not None
             plain = self._branch_rows(pending, data, meta)
             top = self.treetop_levels
-            self._commit_lower(nodes, plain[top:], pending.heads)
+            lower_rows = [row.data for row in plain[top:]]
+            self._commit_lower(pending.lower, pending.items, lower_rows, pending.heads)
             # The untrusted write succeeded; only now does the treetop change.
             if top:
                 self._top[nodes[:top] - 1] = plain[:top]
@@ -415,32 +450,35 @@ class TreeStorage(NoCopy, Closing):
             raise ValueError(f"checkin_{kind}({leaf}) must follow checkout_{kind}({leaf})")
         return pending
 
-    def _load_lower(self, nodes: npt.NDArray[np.int64], out: Bytes) -> bytes:
-        """Fetch, verify and decrypt the untrusted levels of a branch into ``out``; returns
-        their verified metadata items (empty when the whole tree is trusted)."""
+    def _load_lower(self, lower: list[int], items: list[int], out: list[memoryview]) -> bytes:
+        """Fetch, verify and decrypt the untrusted buckets ``lower`` (a branch's, root first)
+        into the rows ``out``; returns their verified metadata items (empty when the whole tree
+        is trusted)."""
         if self.untrusted is None:
             return b""
-        below = nodes[self.treetop_levels :]
-        self.untrusted.checkout_into(self._items(below), self._sealed, self._heads)
+        self.untrusted.checkout_into(items, self._sealed, self._heads)
         heads = bytes(self._heads)
-        self._open_branch(below.tolist(), self._sealed, heads, out)
+        self._open_branch(lower, heads, out)
         return heads
 
-    def _items(self, below: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    def _items(self, lower: list[int]) -> list[int]:
         """The untrusted items that hold the current versions of these untrusted buckets."""
-        k = below - self._offset
+        offset = self._offset
         if self._ways == 1:
-            return k
-        items: npt.NDArray[np.int64] = 2 * k + ((self._slots[k >> 3] >> (k & 7)) & 1)
-        return items
+            return [node - offset for node in lower]
+        bits = self._slot_bits
+        return [2 * k + ((bits[k >> 3] >> (k & 7)) & 1) for k in (node - offset for node in lower)]
 
-    def _commit_lower(self, nodes: npt.NDArray[np.int64], lower: Bytes, heads: bytes) -> None:
-        """Seal and write the untrusted levels of a branch, then record its new root."""
+    def _commit_lower(
+        self, lower: list[int], items: list[int], rows: list[memoryview], heads: bytes
+    ) -> None:
+        """Seal and write the untrusted buckets ``lower`` of a branch from ``rows``, then record
+        the new version of the topmost one among the trusted roots."""
         if self.untrusted is None:
             return
-        top = self.treetop_levels
-        record = self._seal_branch(nodes[top:], lower, heads)
-        self._roots[nodes[top] - self._offset] = np.frombuffer(record, np.uint8)
+        record = self._seal_branch(lower, items, rows, heads)
+        at = (lower[0] - self._offset) * _RECORD
+        self._roots_flat[at : at + _RECORD] = record
 
     def _branch_rows(self, pending: _Pending, data: Any, meta: Any) -> Bytes:
         """The branch as ``(levels, bucket_size + meta_size)`` rows.
@@ -460,8 +498,9 @@ class TreeStorage(NoCopy, Closing):
         rows[:, size:] = _rows(meta, self.levels, self.meta_size, "meta")
         return rows
 
-    def _open_branch(self, nodes: list[int], sealed: Bytes, heads: bytes, out: Bytes) -> None:
-        """Verify the untrusted part of a branch top-down and decrypt it into ``out``.
+    def _open_branch(self, nodes: list[int], heads: bytes, out: list[memoryview]) -> None:
+        """Verify the untrusted part of a branch, as fetched into :attr:`_sealed`, top-down and
+        decrypt it into the rows ``out``.
 
         Once this returns, ``heads`` holds verified metadata items: the next checkin of the
         branch takes the records of the buckets that hang off it from there.
@@ -469,38 +508,40 @@ class TreeStorage(NoCopy, Closing):
         Tags and counters are compared with ordinary equality: they are no secret, the host
         holds them in its own memory.
         """
-        expected = self._roots[nodes[0] - self._offset].tobytes()
-        sealed_flat = sealed.data.cast("B")
-        row = sealed.shape[1]
-        open_into = self._sealer.open_into
+        at = (nodes[0] - self._offset) * _RECORD
+        expected = bytes(self._roots_flat[at : at + _RECORD])
+        sealed, tags = self._sealed_rows, self._sealed_tags
+        sealer = self._sealer
         salt = self._salt
         last = len(nodes) - 1
+        # Buckets sealed in one session share its AES-GCM object: it is looked up again only
+        # when the session changes from one level to the next.
+        session = b""
+        aead = None
         for j, node in enumerate(nodes):
             head = heads[j * _META_ITEM : (j + 1) * _META_ITEM]
-            counter = int.from_bytes(expected[SESSION_BYTES:_VERSION], "little")
-            if counter == 0:
+            counter = expected[SESSION_BYTES:_VERSION]
+            if counter == _ZERO_COUNTER:
                 if head != _ZERO_META:
                     raise IntegrityError(
                         f"bucket {node} has metadata but its parent records it as never written",
                         index=node,
                     )
-                out[j] = 0
+                out[j][:] = bytes(len(out[j]))
                 expected = _NEVER_WRITTEN
                 continue
-            end = (j + 1) * row
-            if (
-                head[:_VERSION] != expected[:_VERSION]
-                or sealed_flat[end - TAG_BYTES : end] != expected[_VERSION:]
-            ):
+            if head[:_VERSION] + tags[j] != expected:
                 raise IntegrityError(
                     f"bucket {node} is not the version its parent records "
                     "(replayed, rolled back, swapped or zeroed)",
                     index=node,
                 )
+            if aead is None or expected[:SESSION_BYTES] != session:
+                session = expected[:SESSION_BYTES]
+                aead = sealer.aead(session)
             try:
-                open_into(
-                    expected[:SESSION_BYTES],
-                    counter,
+                aead.decrypt_into(
+                    counter + NONCE_PAD,
                     sealed[j],
                     salt + node.to_bytes(8, "little") + head,
                     out[j],
@@ -512,29 +553,29 @@ class TreeStorage(NoCopy, Closing):
             if j < last:
                 expected = head[_LEFT] if nodes[j + 1] % 2 == 0 else head[_RIGHT]
 
-    def _seal_branch(self, nodes: npt.NDArray[np.int64], plain: Bytes, checked_out: bytes) -> bytes:
-        """Encrypt the untrusted part of a branch bottom-up, write it, and return the record
-        of its topmost bucket.
+    def _seal_branch(
+        self, nodes: list[int], items: list[int], plain: list[memoryview], checked_out: bytes
+    ) -> bytes:
+        """Encrypt the untrusted buckets ``nodes`` of a branch (root first) from the rows
+        ``plain`` bottom-up, write them, and return the record of the topmost one.
 
-        ``checked_out`` are the verified metadata items of the branch's checkout: each keeps the
-        record of its child off the branch, and gets a new counter and a new record of its
-        child on the branch.
+        ``items`` are the untrusted items their checkout read. ``checked_out`` are the verified
+        metadata items of that checkout: each keeps the record of its child off the branch, and
+        gets a new counter and a new record of its child on the branch.
         """
         assert self.untrusted is not None
         n = len(nodes)
-        row = plain.shape[1] + TAG_BYTES
-        sealed = self._sealed
-        sealed_flat = sealed.data.cast("B")
+        sealed, tags = self._sealed_rows, self._sealed_tags
         heads = self._heads
         heads[:] = checked_out
-        seal_into = self._sealer.seal_into
-        session = self._sealer.session
-        items = self._items(nodes)
+        sealer = self._sealer
         if self._ways == 2:
             # A bucket whose current version was written since the last durable point is
             # overwritten where it lies; any other goes to its other slot, so the version the
             # durable state refers to survives a crash in the middle of this write.
+            session = sealer.session
             durable = self._durable_counter
+            items = list(items)
             for j in range(n):
                 at = j * _META_ITEM
                 if checked_out[at : at + SESSION_BYTES] != session or (
@@ -542,34 +583,38 @@ class TreeStorage(NoCopy, Closing):
                     <= durable
                 ):
                     items[j] ^= 1
-        counter = self._sealer.reserve(n)
+        counter = sealer.reserve(n)
+        # Read after reserve: a reservation that exhausts a session's counters starts another.
+        session = sealer.session
+        aead = sealer.aead(session)
         salt = self._salt
-        node_list = nodes.tolist()
         record = b""
         for j in range(n - 1, -1, -1):
-            node = node_list[j]
+            node = nodes[j]
             at = j * _META_ITEM
             if j < n - 1:
-                slot = at + (_LEFT.start if node_list[j + 1] % 2 == 0 else _RIGHT.start)
+                slot = at + (_LEFT.start if nodes[j + 1] % 2 == 0 else _RIGHT.start)
                 heads[slot : slot + _RECORD] = record
-            version = session + counter.to_bytes(COUNTER_BYTES, "little")
+            count = counter.to_bytes(COUNTER_BYTES, "little")
+            version = session + count
             heads[at : at + _VERSION] = version
-            seal_into(
-                counter,
+            aead.encrypt_into(
+                count + NONCE_PAD,
                 plain[j],
                 salt + node.to_bytes(8, "little") + heads[at : at + _HEADER],
                 sealed[j],
             )
-            end = (j + 1) * row
-            record = version + sealed_flat[end - TAG_BYTES : end].tobytes()
+            record = version + tags[j]
             counter += 1
-        self.untrusted.checkin(items, sealed, heads)
+        self.untrusted.checkin(items, self._sealed, heads)
         if self._ways == 2:
-            # ufunc.at, since buckets of one branch may share a byte of the bitmap.
-            k = nodes - self._offset
-            bit = (1 << (k & 7)).astype(np.uint8)
-            np.bitwise_and.at(self._slots, k >> 3, ~bit)
-            np.bitwise_or.at(self._slots, k >> 3, bit * (items & 1).astype(np.uint8))
+            # Record which slot now holds each bucket's current version.
+            bits = self._slot_bits
+            offset = self._offset
+            for node, item in zip(nodes, items, strict=True):
+                k = node - offset
+                bit = 1 << (k & 7)
+                bits[k >> 3] = (bits[k >> 3] & ~bit & 0xFF) | (bit if item & 1 else 0)
         return record
 
 
@@ -578,7 +623,9 @@ class _Pending:
     """A checked-out branch awaiting its checkin."""
 
     leaf: int
-    nodes: npt.NDArray[np.int64]  # the branch, root first
+    lower: list[int]  # the branch's untrusted buckets, root first
+    items: list[int]  # the untrusted items their checkout read
+    nodes: npt.NDArray[np.int64] | None  # the whole branch, root first (None in place)
     plain: Bytes  # the rows handed to the caller (the untrusted levels' rows, in place)
     data: Bytes | None  # the two views of them the caller got (None in place)
     meta: Bytes | None

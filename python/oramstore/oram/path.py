@@ -109,6 +109,10 @@ POSITIONS_PER_BLOCK = 256
 """Entries per block of a recursive position map (1 KiB blocks)."""
 
 _SLOT_META = 16  # per slot: block index + 1 (0 = empty), then its leaf, both little-endian u64
+_ROW_CACHE_BRANCHES = 1024  # treetop branches whose slot rows are kept (see _branch_rows)
+_SLOT_HEAD = struct.Struct("<QQ")
+_FREE_TABLE_Z = 8  # up to this Z, the free slots of every bucket state are tabulated
+_EMPTY_SLOT = bytes(_SLOT_META)
 R = TypeVar("R")
 Bytes = npt.NDArray[np.uint8]
 Durability = Literal["commit", "access"]
@@ -299,6 +303,7 @@ class PathORAM(NoCopy, Closing):
             _state=tree_state,
         )
         self._height = height
+        self._leaf_count = 1 << height
         self._leaves = _Leaves(1 << height)
         use_array = position_map == "array" or (
             position_map == "auto" and block_count <= position_map_threshold
@@ -328,10 +333,16 @@ class PathORAM(NoCopy, Closing):
         row = block_size + _SLOT_META
         self._slots: Bytes = self.tree.rows.reshape(-1, row)
         self._heads: npt.NDArray[np.uint64] = self._slots[:, block_size:].view("<u8")
+        # The same bytes, for the few metadata writes of an access (cheaper than numpy's).
+        self._slot_bytes = self._slots.data.cast("B")
         top = self.tree.treetop_levels
         first_lower = ((1 << top) - 1) * z
         self._lower_rows = list(range(first_lower, first_lower + (height + 1 - top) * z))
-        self._slot_range = np.arange(z, dtype=np.int64)
+        # The rows of a branch's slots (see _branch_rows), for each treetop branch met so far:
+        # they are the same for every leaf below one bucket of the treetop's last level.
+        self._row_cache: dict[int, tuple[list[int], npt.NDArray[np.intp]]] = {}
+        if not top:
+            self._row_cache[0] = (self._lower_rows, np.array(self._lower_rows, np.intp))
         # The stash: block index + 1, leaf and row of self._stash_data for each block held, in
         # plain lists (an access touches a handful of them, where numpy calls would cost more
         # than the work). Rows are recycled through _free_rows; the last row is scratch space
@@ -341,6 +352,14 @@ class PathORAM(NoCopy, Closing):
         self._stash_rows: list[int] = []
         self._stash_data: Bytes = np.empty((stash_size + 1, row), np.uint8)
         self._stash_heads: npt.NDArray[np.uint64] = self._stash_data[:, block_size:].view("<u8")
+        self._stash_bytes = self._stash_data.data.cast("B")
+        # For each set of used slots of a bucket (a bit per slot), the free ones; computed
+        # as needed when Z is too large for a table.
+        self._free_of = (
+            [[k for k in range(z) if not used >> k & 1] for used in range(1 << z)]
+            if z <= _FREE_TABLE_Z
+            else []
+        )
         self._free_rows = list(range(stash_size - 1, -1, -1))
         self._stash_peak = 0
         self._accesses = 0
@@ -682,7 +701,7 @@ class PathORAM(NoCopy, Closing):
                     raise
                 self._in_flight = False
             results = [
-                self._access(index, update, write=write, leaves=plan)
+                self._access_usable(index, update, write, plan)
                 for (index, update, write, _), plan in zip(requests, plans, strict=True)
             ]
             if (
@@ -721,6 +740,7 @@ class PathORAM(NoCopy, Closing):
                 if store is not None:
                     store.close()
             self._stash_data = np.empty((0, self._block_size), np.uint8)
+            self._stash_bytes = memoryview(bytearray())
             self._stash_ids, self._stash_leaves, self._stash_rows = [], [], []
 
     # --- the access itself ----------------------------------------------------------------
@@ -734,23 +754,34 @@ class PathORAM(NoCopy, Closing):
         position map (drawn here if not given)."""
         with self._lock:
             self._check_usable()
-            index = self._check_index(index)
-            # From here until the branch is back, a failure leaves the position map, the stash
-            # and the tree out of step, and the host has seen the branch: fail closed.
-            self._in_flight = True
-            try:
-                if leaves is None:
-                    leaves = self._draw_leaves()
-                new_leaf, fallback = leaves[0]
-                old_leaf = self._positions.swap(index, new_leaf, create=write, leaves=leaves[1:])
-                assigned = old_leaf != UNASSIGNED
-                leaf = old_leaf if assigned else fallback
-                result = self._serve(index, leaf, assigned, new_leaf, update, write)
-            except BaseException as error:
-                self._poison(f"{type(error).__name__}: {error}", error)
-                raise
-            self._in_flight = False
-            return result
+            return self._access_usable(index, update, write, leaves)
+
+    def _access_usable(
+        self, index: int, update: Callable[[Bytes], R], write: bool, leaves: Plan | None
+    ) -> R:
+        """:meth:`_access`, with the lock held and the ORAM found usable (:meth:`_run` checks
+        once for a batch; an access that fails raises out of the batch)."""
+        index = self._check_index(index)
+        # From here until the branch is back, a failure leaves the position map, the stash
+        # and the tree out of step, and the host has seen the branch: fail closed.
+        self._in_flight = True
+        try:
+            if leaves is None:
+                leaves = self._draw_leaves()
+            new_leaf, fallback = leaves[0]
+            old_leaf = self._positions.swap(index, new_leaf, create=write, leaves=leaves[1:])
+            assigned = old_leaf != UNASSIGNED
+            leaf = old_leaf if assigned else fallback
+            if not 0 <= leaf < self._leaf_count:
+                raise IntegrityError(
+                    f"the position map gives block {index} leaf {leaf}, outside the tree"
+                )
+            result = self._serve(index, leaf, assigned, new_leaf, update, write)
+        except BaseException as error:
+            self._poison(f"{type(error).__name__}: {error}", error)
+            raise
+        self._in_flight = False
+        return result
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -782,6 +813,22 @@ class PathORAM(NoCopy, Closing):
         elif self._store is not None:
             self._poison("a durable store cannot be used in a fork()ed child; reopen it", None)
 
+    def _branch_rows(self, leaf: int) -> tuple[list[int], npt.NDArray[np.intp]]:
+        """The row of :attr:`_slots` of each slot (level * Z + k) of the branch to ``leaf``, as
+        a list and as an index array."""
+        top = self.tree.treetop_levels
+        key = (((1 << self._height) + leaf) >> (self._height - top + 1)) if top else 0
+        rows = self._row_cache.get(key)
+        if rows is None:
+            z = self._z
+            nodes = [key >> shift for shift in range(top - 1, -1, -1)]
+            listed = [(node - 1) * z + k for node in nodes for k in range(z)] + self._lower_rows
+            rows = (listed, np.array(listed, np.intp))
+            # A treetop of many small buckets has too many branches to keep all of them.
+            if len(self._row_cache) < _ROW_CACHE_BRANCHES:
+                self._row_cache[key] = rows
+        return rows
+
     def _serve(
         self,
         index: int,
@@ -791,29 +838,50 @@ class PathORAM(NoCopy, Closing):
         update: Callable[[Bytes], R],
         write: bool,
     ) -> R:
-        size = self._block_size
-        nodes = self.tree.checkout_lower(leaf)
-        # Row of self._slots for each slot (level * Z + k) of the branch.
+        tree = self.tree
+        # The tree's lock is held for the checkout and again for the checkin, which checks that
+        # the tree is still open and this checkout still pending: a close from another thread
+        # in between fails the access (and poisons the ORAM) instead of losing its blocks.
+        tree._checkout_lower_locked(leaf)
+        result = self._serve_branch(index, leaf, assigned, new_leaf, update, write)
+        tree.checkin_lower(leaf)
+        self._stash_peak = max(self._stash_peak, len(self._stash_ids))
+        self._accesses += 1
+        return result
+
+    def _serve_branch(
+        self,
+        index: int,
+        leaf: int,
+        assigned: bool,
+        new_leaf: int,
+        update: Callable[[Bytes], R],
+        write: bool,
+    ) -> R:
+        """Serve the request from the checked-out branch and the stash, then place every
+        candidate block as deep as it may go on the branch and move the blocks accordingly."""
+        size, z, height = self._block_size, self._z, self._height
+        slots, stash = self._slots, self._stash_data
+        # The cache lookup of _branch_rows, inline: it is all an access needs once the cache
+        # is warm, and cheaper than the call.
         top = self.tree.treetop_levels
-        prow = self._lower_rows
-        if top:
-            top_rows = (nodes[:top, None] - 1) * self._z + self._slot_range
-            prow = top_rows.ravel().tolist() + prow
-        heads = self._heads[prow]
+        rows = self._row_cache.get(((1 << height) + leaf) >> (height - top + 1) if top else 0)
+        prow, prow_array = self._branch_rows(leaf) if rows is None else rows
 
         # The candidates for the new branch: the stash's blocks, then the branch's. `origin`
         # is -1 for a stash block, else the slot (level * Z + k) the block occupies.
-        ids = list(self._stash_ids)
-        leaves = list(self._stash_leaves)
-        origin = [-1] * len(ids)
-        stashed = len(ids)
-        occupied = np.flatnonzero(heads[:, 0])
-        found = heads[occupied].T.tolist()
-        if found:
-            ids += found[0]
-            leaves += found[1]
+        heads = self._heads[prow_array]
+        occupied = heads[:, 0].nonzero()[0]
+        stashed = len(self._stash_ids)
+        origin = [-1] * stashed
+        if len(occupied):
+            found = heads[occupied].T.tolist()
+            ids = self._stash_ids + found[0]
+            leaves = self._stash_leaves + found[1]
             origin += occupied.tolist()
-        scratch = self._stash_data[-1, :size]
+        else:
+            ids, leaves = list(self._stash_ids), list(self._stash_leaves)
+        scratch = len(stash) - 1
         try:
             target = ids.index(index + 1)
         except ValueError:
@@ -826,7 +894,7 @@ class PathORAM(NoCopy, Closing):
                 raise IntegrityError(
                     f"block {index} has leaf {leaf} but is neither on its branch nor in the stash"
                 )
-            block = scratch
+            block = stash[scratch, :size]
             block[:] = 0
             if write:  # a new block, born in the scratch row; a read creates nothing
                 target = len(ids)
@@ -840,154 +908,143 @@ class PathORAM(NoCopy, Closing):
                     f"(expected leaf {leaf if assigned else None}, found {leaves[target]})"
                 )
             if target < stashed:
-                block = self._stash_data[self._stash_rows[target], :size]
+                block = stash[self._stash_rows[target], :size]
             else:
-                block = self._slots[prow[origin[target]], :size]
+                block = slots[prow[origin[target]], :size]
             leaves[target] = new_leaf
 
-        level_of = self._evict(leaves, origin, leaf)
-        kept = [c for c, level in enumerate(level_of) if level < 0]
-        if len(kept) > self._stash_size:
+        # Greedy eviction onto the branch, level by level from the bottom: a block may sit at
+        # any level down to its depth, where its own branch leaves this one, and each level
+        # takes up to Z of the blocks that may sit there and are not placed yet. Which ones it
+        # takes does not change how many are placed (those left may all sit higher up), so a
+        # level keeps the blocks already in its slots, which need no copy, and fills its other
+        # slots with the rest.
+        #
+        # A block of the branch has a depth at least its level (it lies on its leaf's branch),
+        # so it is placed on its level at the latest, and one whose depth is its level stays
+        # where it is: its slot is marked used up front and the block takes no further part.
+        # A slot whose block is not waiting when its level comes holds a block placed deeper,
+        # or the served block on its way up, and is free.
+        by_depth: list[list[int]] = [[] for _ in range(height + 1)]
+        used = [0] * (height + 1)  # per level, a bit for each slot whose block stays
+        target_row = -1  # where the served block ends up on the branch, if it does
+        for c in range(len(ids)):
+            depth = height - (leaves[c] ^ leaf).bit_length()
+            at = origin[c] - depth * z
+            if 0 <= at < z:
+                used[depth] |= 1 << at
+                if c == target:
+                    target_row = prow[origin[c]]
+            else:
+                by_depth[depth].append(c)
+        free_of = self._free_of
+        stash_rows = self._stash_rows
+        path_from: list[int] = []  # rows of self._slots moving within the branch...
+        path_to: list[int] = []  # ...and where they go
+        from_stash: list[int] = []  # rows of the stash moving to the branch...
+        to_path: list[int] = []  # ...and where they go
+        waiting: list[int] = []
+        for level in range(height, -1, -1):
+            if by_depth[level]:
+                waiting += by_depth[level]
+            elif not waiting:
+                continue
+            base = level * z
+            taken = used[level]
+            movers = []
+            for c in waiting:
+                at = origin[c] - base
+                if 0 <= at < z:
+                    taken |= 1 << at
+                    if c == target:
+                        target_row = prow[origin[c]]
+                else:
+                    movers.append(c)
+            free = free_of[taken] if free_of else [k for k in range(z) if not taken >> k & 1]
+            placed = min(len(free), len(movers))
+            for k in range(placed):
+                c = movers[k]
+                row = prow[base + free[k]]
+                o = origin[c]
+                if o >= 0:
+                    path_from.append(prow[o])
+                    path_to.append(row)
+                else:
+                    from_stash.append(stash_rows[c] if o == -1 else scratch)
+                    to_path.append(row)
+                if c == target:
+                    target_row = row
+            waiting = movers[placed:]
+        if len(waiting) > self._stash_size:
             # The branch goes back as it came, so that the host sees an access of the usual
             # shape; the ORAM then refuses further calls (the caller poisons it).
             self.tree.checkin_lower(leaf)
             raise StashOverflowError(
-                f"the stash would hold {len(kept)} blocks, more than its capacity of "
+                f"the stash would hold {len(waiting)} blocks, more than its capacity of "
                 f"{self._stash_size}"
             )
         result = update(block)
-        self._rearrange(prow, ids, leaves, origin, level_of, kept, stashed, target)
-        self.tree.checkin_lower(leaf)
-        self._stash_peak = max(self._stash_peak, len(self._stash_ids))
-        self._accesses += 1
-        return result
 
-    def _evict(self, leaves: list[int], origin: list[int], leaf: int) -> list[int]:
-        """Greedy eviction onto the branch to ``leaf``, level by level from the bottom: a block
-        may sit at any level down to where its own branch leaves this one, and each level
-        takes up to Z of the blocks that may sit there and are not placed yet. Which ones it
-        takes does not change how many are placed (those left may all sit higher up), so a
-        level prefers blocks already in one of its slots: they need no copy.
-
-        Returns each candidate's level, or -1 for those that stay in the stash.
-        """
-        height, z = self._height, self._z
-        by_depth: list[list[int]] = [[] for _ in range(height + 1)]
-        for c, block_leaf in enumerate(leaves):
-            by_depth[height - (block_leaf ^ leaf).bit_length()].append(c)
-        level_of = [-1] * len(leaves)
-        waiting: list[int] = []
-        for level in range(height, -1, -1):
-            waiting.extend(by_depth[level])
-            if not waiting:
-                continue
-            if len(waiting) <= z:
-                for c in waiting:
-                    level_of[c] = level
-                waiting.clear()
-                continue
-            low, high = level * z, level * z + z
-            here = [c for c in waiting if low <= origin[c] < high]
-            chosen = here + [c for c in waiting if not low <= origin[c] < high][: z - len(here)]
-            for c in chosen:
-                level_of[c] = level
-            waiting = [c for c in waiting if level_of[c] < 0]
-        return level_of
-
-    def _rearrange(
-        self,
-        prow: list[int],
-        ids: list[int],
-        leaves: list[int],
-        origin: list[int],
-        level_of: list[int],
-        kept: list[int],
-        stashed: int,
-        target: int,
-    ) -> None:
-        """Move the blocks as :meth:`_evict` placed them: within the branch (slot ``s`` is row
-        ``prow[s]`` of the trusted rows) and between it and the stash. A block's row carries its
-        metadata (index + 1, leaf) wherever it is, in the stash too, so a move is one row copy;
-        only the accessed block's leaf changes. Every block that moves is read before any is
-        written."""
-        z, slots, stash = self._z, self._slots, self._stash_data
-        stash_rows = self._stash_rows
-        scratch = len(stash) - 1
-        # Blocks placed on the level they already occupy keep their slot; the others take the
-        # free slots of their level.
-        taken = [False] * len(prow)
-        for c, level in enumerate(level_of):
-            o = origin[c]
-            if o >= 0 and o // z == level:
-                taken[o] = True
-        path_from, path_to, rows_from, rows_to = [], [], [], []
-        target_at = -1
-        for c, level in enumerate(level_of):
-            if level < 0:
-                continue
-            o = origin[c]
-            if o >= 0 and o // z == level:
-                dest = o
-            else:
-                dest = level * z
-                while taken[dest]:
-                    dest += 1
-                taken[dest] = True
-                if o >= 0:
-                    path_from.append(o)
-                    path_to.append(dest)
-                else:
-                    rows_from.append(stash_rows[c] if o == -1 else scratch)
-                    rows_to.append(dest)
-            if c == target:
-                target_at = dest
-        leaving = [origin[c] for c in kept if origin[c] >= 0]
-        # Read everything that moves, then write.
-        # (Each numpy call costs more than a few small copies, so empty ones are skipped.)
-        if path_from:
-            from_path = slots[[prow[s] for s in path_from]]
-        if rows_from:
-            from_stash = stash[rows_from]
-        if leaving:
-            departures = slots[[prow[s] for s in leaving]]
-        if path_from:
-            slots[[prow[s] for s in path_to]] = from_path
-        if rows_from:
-            slots[[prow[s] for s in rows_to]] = from_stash
-        # Slots that lost their block and gained none are marked empty; the bytes left in them
-        # are sealed with the bucket and overwritten when a block next lands there.
-        emptied = [prow[o] for o in origin if o >= 0 and not taken[o]]
-        if emptied:
-            self._heads[emptied] = 0
-        if target_at >= 0:
-            self._heads[prow[target_at]] = (ids[target], leaves[target])
-
-        # The new stash, in candidate order; rows of blocks that left it are recycled.
+        # The new stash: the blocks left waiting, in their rows; rows of blocks that left the
+        # stash are recycled.
         free_rows = self._free_rows
-        free_rows.extend(stash_rows[c] for c in range(stashed) if level_of[c] >= 0)
-        rows = []
-        arrived = []
-        target_row = -1
-        for c in kept:
+        free_rows.extend(row for row in from_stash if row != scratch)
+        kept_ids: list[int] = []
+        kept_leaves: list[int] = []
+        kept_rows: list[int] = []
+        leaving: list[int] = []  # rows of self._slots moving to the stash...
+        arriving: list[int] = []  # ...and their rows there
+        born = -1  # the stash row of the new block, if it stays in the stash
+        target_stash_row = -1
+        for c in waiting:
             o = origin[c]
             if o == -1:
                 row = stash_rows[c]
             else:
                 row = free_rows.pop()
-                if o == -2:
-                    stash[row] = stash[scratch]
+                if o >= 0:
+                    leaving.append(prow[o])
+                    arriving.append(row)
                 else:
-                    arrived.append(row)
-            rows.append(row)
+                    born = row
+            kept_ids.append(ids[c])
+            kept_leaves.append(leaves[c])
+            kept_rows.append(row)
             if c == target:
-                target_row = row
-        if arrived:
-            stash[arrived] = departures
+                target_stash_row = row
+        # Read everything that moves, then write. (Each numpy call costs more than a few small
+        # copies, so empty ones are skipped.)
+        if leaving:
+            departures = slots[leaving]
+        if path_from:
+            slots[path_to] = slots[path_from]
+        if to_path:
+            slots[to_path] = stash[from_stash]
+        if arriving:
+            stash[arriving] = departures
+        if born >= 0:
+            stash[born] = stash[scratch]
+        # Slots that lost their block and gained none are marked empty; the bytes left in them
+        # are sealed with the bucket and overwritten when a block next lands there.
+        row_bytes, flat = size + _SLOT_META, self._slot_bytes
+        if path_from or leaving:
+            emptied = set(path_from)
+            emptied.update(leaving)
+            emptied.difference_update(path_to)
+            emptied.difference_update(to_path)
+            for row in emptied:
+                flat[row * row_bytes + size : (row + 1) * row_bytes] = _EMPTY_SLOT
+        # Only the served block's metadata changes: its new leaf.
         if target_row >= 0:
-            self._stash_heads[target_row] = (ids[target], leaves[target])
-        self._stash_ids = [ids[c] for c in kept]
-        self._stash_leaves = [leaves[c] for c in kept]
-        self._stash_rows = rows
+            at = target_row * row_bytes + size
+            flat[at : at + _SLOT_META] = _SLOT_HEAD.pack(ids[target], leaves[target])
+        elif target_stash_row >= 0:
+            at = target_stash_row * row_bytes + size
+            self._stash_bytes[at : at + _SLOT_META] = _SLOT_HEAD.pack(ids[target], leaves[target])
+        self._stash_ids = kept_ids
+        self._stash_leaves = kept_leaves
+        self._stash_rows = kept_rows
+        return result
 
     # --- arguments ------------------------------------------------------------------------
 
