@@ -524,3 +524,21 @@ def test_a_store_far_larger_than_memory(tmp_path: Path) -> None:
     logical = sum(p.stat().st_size for p in (tmp_path / "big").iterdir())
     assert logical > 200 << 30 and disk < 1 << 30
     assert grown < 400 << 10, f"resident memory grew by {grown} KiB"
+
+
+def test_journal_records_look_the_same_for_reads_and_writes(tmp_path: Path) -> None:
+    # The host sees each record's size: with durability="access" a read's record carries a
+    # block too, so reads and writes cannot be told apart by it.
+    for durability in ("commit", "access"):
+        oram = make(tmp_path / durability, durability=durability)
+        journal = oram._store.journal  # type: ignore[union-attr]
+        sizes = []
+        for k in range(6):
+            before = journal.bytes
+            if k % 2:
+                oram.write(k, b"w" * 24)
+            else:
+                oram.read(k)
+            sizes.append(journal.bytes - before)
+        assert len(set(sizes)) == 1, (durability, sizes)
+        oram.close()

@@ -695,7 +695,7 @@ class PathORAM(NoCopy, Closing):
                 self._in_flight = True
                 try:
                     with_data = store.durability == "access"
-                    store.journal.append(_encode(requests, plans, with_data))
+                    store.journal.append(_encode(requests, plans, with_data, self._block_size))
                 except BaseException as error:
                     self._poison(f"the journal failed: {type(error).__name__}: {error}", error)
                     raise
@@ -1124,10 +1124,15 @@ def _lock(directory: Path) -> int:
     return fd
 
 
-def _encode(requests: list[_Request], plans: list[Plan], with_data: bool) -> bytes:
+def _encode(requests: list[_Request], plans: list[Plan], with_data: bool, block_size: int) -> bytes:
+    """A journal record of ``requests``. With ``with_data`` every access carries a block, a
+    read a block of zeros, so that a record's size (which the host sees) tells nothing of
+    which accesses write."""
     parts = [len(requests).to_bytes(4, "little")]
     for (index, _, write, data), plan in zip(requests, plans, strict=True):
-        body = data.tobytes() if with_data and write and data is not None else b""
+        body = b""
+        if with_data:
+            body = data.tobytes() if write and data is not None else bytes(block_size)
         parts.append(_INTENT.pack(index, write, len(body)))
         parts.append(np.array(plan, np.uint32).tobytes())
         parts.append(body)
@@ -1147,7 +1152,7 @@ def _decode(
             at += 8 * levels
             if length not in (0, block_size) or at + length > len(record):
                 raise ValueError("bad data length")
-            data = record[at : at + length] if length else None
+            data = record[at : at + length] if length and write else None
             at += length
             plan = [(int(a), int(b)) for a, b in leaves.tolist()]
             out.append((int(index), bool(write), plan, data))
