@@ -91,3 +91,9 @@ def test_json_and_a_durable_store(tmp_path: Path, capsys: pytest.CaptureFixture[
     # The directory now holds a store: a second run there is refused in one line.
     assert main([*args, "--path", str(tmp_path / "store")]) == 2
     assert "not an empty directory" in capsys.readouterr().err
+
+
+def test_dict_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "dict", "--capacity", "2^8", "--operations", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "ObliviousDict(256, 32, 256)" in out and "one operation / one access" in out

@@ -5,6 +5,7 @@ The package is layered; a program may stop at any layer:
 * :class:`UntrustedStorage` -- fixed-size items in lazily mapped host memory, moved in batches.
 * :class:`TreeStorage` -- a tree of buckets over it, encrypted, authenticated and fresh.
 * :class:`PathORAM` -- an oblivious block store over the tree.
+* :class:`ObliviousDict` -- a key-value map over a PathORAM whose operations all look alike.
 
 :class:`UntrustedAllocator` manages the untrusted memory that storages may be placed in,
 including ranges that come from elsewhere (device memory, shared memory, mapped files).
@@ -27,13 +28,14 @@ from oramstore._native import (
 from oramstore.enclave import TreeStorage
 from oramstore.errors import (
     IntegrityError,
+    MapFullError,
     OramStoreError,
     PoisonedError,
     RangeInUseError,
     StashOverflowError,
     StorageReleasedError,
 )
-from oramstore.oram import PathORAM
+from oramstore.oram import ObliviousDict, PathORAM
 
 try:
     __version__ = version("oramstore")
@@ -45,6 +47,8 @@ __all__ = [
     "Allocation",
     "AllocatorStats",
     "IntegrityError",
+    "MapFullError",
+    "ObliviousDict",
     "OramStoreError",
     "PathORAM",
     "PoisonedError",

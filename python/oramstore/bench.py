@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from oramstore.oram import PathORAM
 
 __all__ = [
+    "DictRun",
     "ORAMRun",
     "StorageRow",
     "creation_cost",
@@ -33,6 +34,7 @@ __all__ = [
     "peak_rss_bytes",
     "process_rss_bytes",
     "random_batches",
+    "run_dict",
     "run_oram",
     "storage_rows",
 ]
@@ -309,3 +311,202 @@ def run_oram(
             oram.stash_size,
             tuple(latencies),
         )
+
+
+@dataclass(frozen=True)
+class DictRun:
+    """One :class:`~oramstore.ObliviousDict` workload, beside a PathORAM of the same geometry
+    (one block per bucket) and a plain dict doing the same operations."""
+
+    capacity: int
+    key_size: int
+    value_size: int
+    bucket_count: int  # blocks of the map's PathORAM
+    block_size: int  # bytes per bucket
+    load_factor: float
+    accesses_per_operation: float  # ORAM accesses per operation, relocation steps included
+    setup_seconds: float
+    filled: int  # entries stored before the measurement
+    fill_seconds: float
+    operations: int
+    operation_seconds: float
+    oram_accesses: int
+    oram_access_seconds: float  # for all of them, on PathORAM(bucket_count, block_size)
+    plain_seconds: float  # the same operations on a dict
+    baseline_rss: int  # before the map was created
+    peak_rss: int  # the process's peak after the map's run (before the PathORAM's)
+    untrusted_resident: int  # untrusted bytes the map's ORAM touched
+    trusted_bytes: int  # the map's ORAM's trusted memory, and its stash at capacity
+    stash_peak: int
+    stash_size: int
+
+    @property
+    def operations_per_second(self) -> float:
+        return self.operations / self.operation_seconds
+
+    @property
+    def oram_accesses_per_second(self) -> float:
+        return self.oram_accesses / self.oram_access_seconds
+
+    @property
+    def plain_operations_per_second(self) -> float:
+        return self.operations / self.plain_seconds
+
+    def ratio_to_oram_access(self) -> float:
+        """Seconds per map operation over seconds per ORAM access: at least
+        :attr:`accesses_per_operation`."""
+        return (self.operation_seconds / self.operations) / (
+            self.oram_access_seconds / self.oram_accesses
+        )
+
+    @property
+    def memory_growth(self) -> int:
+        """Peak resident memory the map added to the process."""
+        return self.peak_rss - self.baseline_rss
+
+
+_ORAM_OPTIONS = ("bucket_size", "treetop_bytes", "position_map", "position_map_threshold")
+
+
+def _dict_workload(
+    rng: np.random.Generator, present: list[bytes], count: int, key_size: int, capacity: int
+) -> list[tuple[int, bytes]]:
+    """``count`` operations (kind, key) on a map holding ``present``: 40% lookups of present
+    keys, 10% lookups of missing ones, 25% updates, 12.5% deletes, 12.5% inserts of new keys
+    (updates when full). Kinds: 0 lookup, 1 store, 2 delete."""
+    present = list(present)
+    operations: list[tuple[int, bytes]] = []
+    choices = rng.random(count).tolist()
+    for r in choices:
+        if not present or r >= 0.875:
+            if len(present) < capacity:
+                present.append(rng.bytes(key_size))
+                operations.append((1, present[-1]))
+                continue
+            r = 0.6
+        if r < 0.4:
+            operations.append((0, present[int(rng.integers(len(present)))]))
+        elif r < 0.5:
+            operations.append((0, rng.bytes(key_size)))
+        elif r < 0.75:
+            operations.append((1, present[int(rng.integers(len(present)))]))
+        else:
+            k = int(rng.integers(len(present)))
+            present[k], present[-1] = present[-1], present[k]
+            operations.append((2, present.pop()))
+    return operations
+
+
+def run_dict(
+    capacity: int,
+    key_size: int = 32,
+    value_size: int = 256,
+    *,
+    operations: int = 5000,
+    fill: int | None = None,
+    oram_accesses: int | None = None,
+    seconds: float = float("inf"),
+    seed: int = 1,
+    progress: Callable[[str, int], None] | None = None,
+    **options: Any,
+) -> DictRun:
+    """Create an :class:`~oramstore.ObliviousDict`, store ``fill`` entries (``capacity`` by
+    default, with ``set_many`` in batches of 256), then time ``operations`` single operations
+    (see :func:`_dict_workload`; values of ``value_size`` random bytes) until they are done or
+    ``seconds`` have passed. Then the same operations on a dict, and ``oram_accesses`` random
+    accesses (half reads, half writes; by default as many as the map's operations made) on a
+    PathORAM with one block per bucket of the map, after writing each of its blocks once, as
+    the map's filling did.
+
+    ``progress`` is called with a phase (``"fill"``, ``"operations"``, ``"oram"``) and the
+    number of entries, operations or accesses done since its last call. ``options`` go to
+    :class:`~oramstore.ObliviousDict`; its ORAM options (``bucket_size``, ``treetop_bytes``,
+    ``position_map``, ``position_map_threshold``) also to the PathORAM.
+    """
+    from oramstore.oram import ObliviousDict, PathORAM
+
+    def advance(phase: str, n: int) -> None:
+        if progress is not None:
+            progress(phase, n)
+
+    rng = np.random.default_rng(seed)
+    fill = capacity if fill is None else fill
+    pool = [rng.bytes(value_size) for _ in range(64)]
+    baseline = process_rss_bytes()
+    start = time.perf_counter()
+    d = ObliviousDict(capacity, key_size, value_size, **options)
+    setup = time.perf_counter() - start
+    with d:
+        present = [rng.bytes(key_size) for _ in range(fill)]
+        start = time.perf_counter()
+        for at in range(0, fill, 256):
+            batch = present[at : at + 256]
+            d.set_many([(key, pool[k & 63]) for k, key in enumerate(batch)])
+            advance("fill", len(batch))
+        fill_seconds = time.perf_counter() - start
+        workload = _dict_workload(rng, present, operations, key_size, capacity)
+        done = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        for kind, key in workload:
+            if kind == 0:
+                d.get(key)
+            elif kind == 1:
+                d[key] = pool[done & 63]
+            else:
+                del d[key]
+            done += 1
+            if done % 100 == 0:
+                advance("operations", 100)
+                if time.perf_counter() > deadline:
+                    break
+        elapsed = time.perf_counter() - start
+        advance("operations", done % 100)
+        peak = peak_rss_bytes()
+        untrusted = oram_untrusted_resident(d.oram)
+        shape = (d.bucket_count, d.oram.block_size, d.load_factor, d.stash_peak, d.stash_size)
+        trusted = d.trusted_bytes
+        per_operation = 3 + 3 / d.relocate_every
+
+    plain = dict.fromkeys(present, pool[0])
+    start = time.perf_counter()
+    for n, (kind, key) in enumerate(workload[:done]):
+        if kind == 0:
+            plain.get(key)
+        elif kind == 1:
+            plain[key] = pool[n & 63]
+        else:
+            del plain[key]
+    plain_seconds = time.perf_counter() - start
+
+    buckets, block_size = shape[0], shape[1]
+    wanted = round(done * per_operation) if oram_accesses is None else oram_accesses
+    oram_options = {k: v for k, v in options.items() if k in _ORAM_OPTIONS}
+    with PathORAM(buckets, block_size, **oram_options) as oram:
+        block = rng.integers(0, 256, block_size, np.uint8)
+        for at in range(0, buckets, 256):
+            count = min(256, buckets - at)
+            oram.write_many(range(at, at + count), [block] * count)
+        indices = rng.integers(0, buckets, wanted).tolist()
+        writes = (rng.random(wanted) < 0.5).tolist()
+        accessed = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        for index, write in zip(indices, writes, strict=True):
+            if write:
+                oram.write(index, block)
+            else:
+                oram.read(index)
+            accessed += 1
+            if accessed % 100 == 0:
+                advance("oram", 100)
+                if time.perf_counter() > deadline:
+                    break
+        oram_seconds = time.perf_counter() - start
+        advance("oram", accessed % 100)
+
+    return DictRun(
+        capacity, key_size, value_size, buckets, block_size, shape[2], per_operation, setup,
+        fill, fill_seconds, done, elapsed, accessed, oram_seconds, plain_seconds, baseline,
+        peak, untrusted, trusted, shape[3], shape[4],
+    )  # fmt: skip

@@ -3,6 +3,7 @@
 Subcommands:
   bench          measure a PathORAM workload (in memory or, with --path, a durable store)
   bench storage  measure the untrusted storage's batched copies against numpy
+  bench dict     measure an ObliviousDict against one PathORAM access and a plain dict
   report         draw plots from the JSON records of bench runs (needs matplotlib)
 """
 
@@ -143,6 +144,43 @@ def _bench_storage(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _bench_dict(args: argparse.Namespace, console: Console) -> int:
+    with _progress(console) as progress:
+        tasks = {
+            "fill": progress.add_task("filling to capacity", total=args.capacity),
+            "operations": progress.add_task("map operations", total=args.operations),
+            "oram": progress.add_task("PathORAM accesses", total=None),
+        }
+        run = bench.run_dict(
+            args.capacity,
+            args.key_size,
+            args.value_size,
+            operations=args.operations,
+            seconds=args.seconds,
+            progress=lambda phase, n: progress.advance(tasks[phase], n),
+        )
+    table = Table(
+        title=f"ObliviousDict({args.capacity}, {args.key_size}, {args.value_size}), filled"
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("setup", f"{run.setup_seconds * 1e3:.2f} ms"),
+        ("operations per second", f"{run.operations_per_second:,.0f}"),
+        ("PathORAM accesses per second, same blocks", f"{run.oram_accesses_per_second:,.0f}"),
+        ("one operation / one access", f"{run.ratio_to_oram_access():.2f}x"),
+        ("ORAM accesses per operation (the floor)", f"{run.accesses_per_operation:.2f}"),
+        ("plain dict operations per second", f"{run.plain_operations_per_second:,.0f}"),
+        ("peak resident growth", _size(run.memory_growth)),
+        ("trusted memory", _size(run.trusted_bytes)),
+        ("stash peak / capacity", f"{run.stash_peak} / {run.stash_size}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    return 0
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -277,8 +315,9 @@ def _parser() -> argparse.ArgumentParser:
         "workload",
         nargs="?",
         default="oram",
-        choices=["oram", "storage"],
-        help="oram: random reads and writes of a PathORAM (default); storage: batched copies",
+        choices=["oram", "storage", "dict"],
+        help="oram: random reads and writes of a PathORAM (default); storage: batched copies; "
+        "dict: an ObliviousDict's operations",
     )
     o = b.add_argument_group("oram workload")
     o.add_argument("--blocks", type=_count, default=1 << 16, help="blocks (2^16)")
@@ -309,6 +348,11 @@ def _parser() -> argparse.ArgumentParser:
         help="with --path: what is durable, the last commit or every access (commit)",
     )
     o.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+    d = b.add_argument_group("dict workload")
+    d.add_argument("--capacity", type=_count, default=1 << 16, help="entries (2^16)")
+    d.add_argument("--key-size", type=_count, default=32, help="bytes per key (32)")
+    d.add_argument("--value-size", type=_count, default=256, help="bytes per value (256)")
+    d.add_argument("--operations", type=_count, default=5000, help="timed operations (5000)")
     s = b.add_argument_group("storage workload")
     s.add_argument("--count", type=_count, default=1 << 18, help="items (2^18)")
     s.add_argument("--data-size", type=_count, default=4096, help="bytes (4096)")
@@ -352,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args, console)
         if args.workload == "storage":
             return _bench_storage(args, console)
+        if args.workload == "dict":
+            return _bench_dict(args, console)
         return _bench_oram(args, console)
     except _UsageError as e:
         parser.print_usage(sys.stderr)

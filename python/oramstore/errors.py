@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "IntegrityError",
+    "MapFullError",
     "OramStoreError",
     "PoisonedError",
     "RangeInUseError",
@@ -51,6 +52,15 @@ class IntegrityError(OramStoreError):
 
 class StashOverflowError(OramStoreError):
     """An ORAM stash exceeded its fixed capacity."""
+
+
+class MapFullError(OramStoreError):
+    """An insert into an :class:`~oramstore.ObliviousDict` found no room: the map holds its
+    capacity, or its overflow stash is full.
+
+    The insert made the same accesses as any other operation and changed nothing; the map stays
+    usable (deletes make room).
+    """
 
 
 class PoisonedError(OramStoreError):

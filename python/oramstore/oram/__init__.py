@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from oramstore.oram.odict import ObliviousDict
 from oramstore.oram.path import DEFAULT_STASH_SIZE, MIN_BUCKET_SIZE, PathORAM, min_stash_size
 from oramstore.oram.position import ArrayPositionMap, PositionMap, RecursivePositionMap
 
@@ -9,6 +10,7 @@ __all__ = [
     "DEFAULT_STASH_SIZE",
     "MIN_BUCKET_SIZE",
     "ArrayPositionMap",
+    "ObliviousDict",
     "PathORAM",
     "PositionMap",
     "RecursivePositionMap",
