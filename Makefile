@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: all setup build test lint lint-rust lint-python test-rust test-python soak bench \
         bench-rust bench-python bench-oram bench-stash bench-file bench-durable clean clib clib-build header \
-        check-header test-c
+        check-header test-c test-pyoram bench-pyoram-device bench-floor bench-dict bench-dict-overflow
 
 all: test
 
@@ -25,7 +25,7 @@ setup: $(VENV)/.setup
 build: setup
 	$(PY) -m pip install --quiet --no-deps -e .
 
-test: lint test-rust test-python test-c
+test: lint test-rust test-python test-c test-pyoram
 
 lint: lint-rust lint-python
 
@@ -123,8 +123,44 @@ bench-oram: build $(PYORAM_VENV)/.setup
 bench-durable: build $(PYORAM_VENV)/.setup
 	$(PY) benches/bench_durable.py --pyoram-python $(PYORAM_VENV)/bin/python
 
+# PyORAM 0.2.1's own test suite, as it ships and again on the "oramstore" device
+# (oramstore.compat.pyoram), in a venv of its own with oramstore[pyoram] from this tree; the
+# runner downloads PyORAM's sdist, which holds the tests, with pip.
+PYORAM_TEST_VENV ?= .venv-pyoram-tests
+$(PYORAM_TEST_VENV)/.setup: pyproject.toml
+	rm -rf $(PYORAM_TEST_VENV)
+	$(PYTHON) -m venv $(PYORAM_TEST_VENV)
+	$(PYORAM_TEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PYORAM_TEST_VENV)/bin/python -m pip install --quiet '.[pyoram]'
+	touch $@
+
+test-pyoram: $(PYORAM_TEST_VENV)/.setup
+	$(PYORAM_TEST_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall .
+	$(PYORAM_TEST_VENV)/bin/python tests/pyoram_suite/run_pyoram_tests.py
+
+# PyORAM's Path ORAM on its "file" device and on "oramstore", beside oramstore's own PathORAM.
+bench-pyoram-device: build
+	$(PY) benches/bench_pyoram_device.py
+
+# One access against its floor (its AES-GCM calls and untrusted copies alone), as the README's
+# "Where an access's time goes" reports: 2^16 x 4 KiB with the default treetop and with 3 cached
+# levels, 2^20 x 4 KiB (recursive position map; about 17 GiB of memory) and 2^16 x 64 B.
+bench-floor: build
+	$(PY) benches/bench_floor.py --treetop-bytes 33554432 115136 --breakdown
+	$(PY) benches/bench_floor.py --blocks 2^20 --breakdown
+	$(PY) benches/bench_floor.py --block-size 64 --treetop-bytes 2240 --breakdown
+
 bench-stash: build
 	$(PY) benches/bench_stash_tail.py
+
+# ObliviousDict at 2^16 and 2^20 entries against one PathORAM access of the same geometry and a
+# dict; filling 2^20 entries takes a quarter of an hour.
+bench-dict: build
+	$(PY) benches/bench_dict.py
+
+# How full ObliviousDict's overflow stash gets at capacity under churn, at 2^16 and 2^20 entries.
+bench-dict-overflow: build
+	$(PY) benches/bench_dict_overflow.py
 
 # A file storage: positioned I/O against a shared mapping (Rust), then against fio on the same
 # file and against memory (Python). Writes a few GiB to the temporary directory
@@ -135,4 +171,4 @@ bench-file: build
 	$(PY) benches/bench_file.py $(if $(ORAMSTORE_BENCH_DIR),--dir $(ORAMSTORE_BENCH_DIR))
 
 clean:
-	rm -rf $(VENV) $(PYORAM_VENV) target
+	rm -rf $(VENV) $(PYORAM_VENV) $(PYORAM_TEST_VENV) target

@@ -25,6 +25,7 @@ locks, position map, leaves).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from oramstore import PathORAM, UntrustedStorage
+from oramstore.cli import machine
 from oramstore.enclave.crypto import TAG_BYTES
 from oramstore.enclave.tree import _META_ITEM, DEFAULT_TREETOP_BYTES
 
@@ -237,7 +239,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--accesses", type=int, default=400)
     parser.add_argument("--breakdown", action="store_true", help="time the parts of an access")
+    parser.add_argument(
+        "--json", metavar="FILE", help="with --breakdown: write records for oramstore report"
+    )
     args = parser.parse_args()
+    records = []
     print(f"{'N':>8} {'block':>6} {'treetop':>10} {'sealed':>6} {'access µs':>10} "
           f"{'floor µs':>9} {'ratio (median, range)':>24}")  # fmt: skip
     for treetop in args.treetop_bytes:
@@ -250,6 +256,26 @@ def main() -> int:
         )
         if parts:
             print("    " + ", ".join(f"{name} {value:.1f}" for name, value in parts.items()))
+            records.append(
+                {
+                    "workload": "floor",
+                    "machine": machine(),
+                    "parameters": {
+                        "blocks": args.blocks,
+                        "block_size": args.block_size,
+                        "treetop_bytes": treetop,
+                    },
+                    "figures": {
+                        **r,
+                        "aes_us": parts["AES-GCM"],
+                        "copies_us": parts["untrusted copies"],
+                        "parts_us": parts,
+                    },
+                }
+            )
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(records, file, indent=2)
     return 0
 
 
