@@ -80,3 +80,22 @@ def test_bench_json_feeds_the_report(tmp_path: Path) -> None:
     assert len(json.loads(out.read_text())["figures"]["latencies_us"]) == 30
     assert main(["report", str(out), "--out", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "latency.png").read_bytes().startswith(PNG)
+
+
+def test_each_block_size_is_a_series_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.axes import Axes
+
+    labels: list[str] = []
+    real_plot = Axes.plot
+
+    def plot(self: Axes, *args: Any, **kwargs: Any) -> Any:
+        labels.append(kwargs.get("label", ""))
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", plot)
+    small = run(1 << 16, 27000)
+    small["parameters"]["block_size"] = 64
+    write_report([run(1 << 12, 6500), run(1 << 16, 4100), small], tmp_path)
+    assert {"oramstore, 4096 B", "oramstore, 64 B"} <= set(labels)

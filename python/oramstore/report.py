@@ -96,9 +96,14 @@ def write_report(records: Sequence[dict[str, Any]], out: str | Path) -> list[Pat
         written.append(path)
 
     runs = [r for r in records if r["workload"] in ("oram", "pyoram")]
+    # Runs of other block sizes are series of their own, not points of one line.
+    several_sizes = len({int(r["parameters"]["block_size"]) for r in runs}) > 1
     by_series: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     for record in runs:
-        by_series[_series_name(record)].append((int(record["parameters"]["blocks"]), record))
+        name = _series_name(record)
+        if several_sizes:
+            name += f", {record['parameters']['block_size']} B"
+        by_series[name].append((int(record["parameters"]["blocks"]), record))
     for points in by_series.values():
         points.sort(key=lambda point: point[0])
 
