@@ -33,31 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from bench_oram import PYORAM_WORKER
 from oramstore import PathORAM
-
-PYORAM_WORKER = r"""
-import json, os, random, sys, time
-from pyoram.oblivious_storage.tree.path_oram import PathORAM
-
-n, size, seconds, path = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-start = time.perf_counter()
-with PathORAM.setup(path, size, n, storage_type="file", ignore_existing=True) as oram:
-    setup = time.perf_counter() - start
-    rng = random.Random(1)
-    pool = [os.urandom(size) for _ in range(64)]
-    done = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(20):
-            i = rng.randrange(n)
-            if rng.random() < 0.5:
-                oram.write_block(i, pool[done & 63])
-            else:
-                oram.read_block(i)
-            done += 1
-    elapsed = time.perf_counter() - start
-print(json.dumps({"setup": setup, "rate": done / elapsed}))
-"""
 
 
 def workload(oram: PathORAM, seconds: float, batch: int, seed: int = 1) -> float:
@@ -150,10 +127,11 @@ def main() -> int:
         if args.pyoram_python and n <= 1 << 16:
             out = subprocess.run(
                 [args.pyoram_python, "-c", PYORAM_WORKER, str(n), str(size), str(args.seconds),
-                 str(base / "pyoram.bin")],
+                 "ctr", "file", str(base / "pyoram.bin")],
                 check=True, capture_output=True, text=True,
             ).stdout  # fmt: skip
             pyoram = json.loads(out.strip().splitlines()[-1])
+            pyoram["rate"] = pyoram["accesses"] / pyoram["seconds"]
             (base / "pyoram.bin").unlink(missing_ok=True)
             print(
                 f"{n:>8} {'PyORAM 0.2.1, file device':<32} {pyoram['setup']:>8.1f}s "

@@ -39,12 +39,14 @@ import json, os, random, resource, sys, time
 from pyoram.oblivious_storage.tree.path_oram import PathORAM
 
 n, size, seconds, mode = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+# Optional: a storage type and a file for it (PyORAM's "file" device); "ram" by default.
+storage_type, path = (sys.argv[5], sys.argv[6]) if len(sys.argv) > 6 else ("ram", None)
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 baseline = rss()
 start = time.perf_counter()
-with PathORAM.setup(None, size, n, storage_type="ram", ignore_existing=True,
+with PathORAM.setup(path, size, n, storage_type=storage_type, ignore_existing=True,
                     aes_mode=mode) as oram:
     setup = time.perf_counter() - start
     rng = random.Random(1)
