@@ -3,7 +3,8 @@
 Usage: ``python durable_worker.py DIR SEED OPS COMMIT_EVERY DURABILITY POSITION_MAP``.
 
 It creates the store (or opens it, if DIR already holds one), then does OPS random writes
-drawn from ``random.Random(SEED)`` (see :func:`workload`), committing after every COMMIT_EVERY
+drawn from ``random.Random(SEED)`` (see :func:`workload`), every other one as an ``update`` of
+the block and of another that it leaves as it is, committing after every COMMIT_EVERY
 of them, and prints ``done N`` after each operation returns and ``commit N E`` after each commit
 returns (N operations done, epoch E), flushing stdout each time. The parent rebuilds what was
 durable from the last lines it read.
@@ -15,6 +16,8 @@ import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from oramstore import PathORAM
 
@@ -37,6 +40,16 @@ def model_after(seed: int, ops: int) -> dict[int, bytes]:
     return model
 
 
+class Put:
+    """An update's function that replaces its first block with ``block``."""
+
+    def __init__(self, block: bytes) -> None:
+        self.block = np.frombuffer(block, np.uint8)
+
+    def __call__(self, blocks: list[np.ndarray]) -> None:
+        blocks[0][:] = self.block
+
+
 def main() -> None:
     directory, seed, ops, every, durability, position_map = sys.argv[1:7]
     path = Path(directory)
@@ -55,7 +68,10 @@ def main() -> None:
         )
     print(f"commit 0 {oram.epoch}", flush=True)
     for n, (index, block) in enumerate(workload(int(seed), int(ops)), 1):
-        oram.write(index, block)
+        if n % 2:
+            oram.write(index, block)
+        else:
+            oram.update([index, (index + 7) % BLOCKS], Put(block))
         print(f"done {n}", flush=True)
         if n % int(every) == 0:
             epoch = oram.commit()

@@ -75,9 +75,13 @@ def repeated(pairs: Pairs) -> list[tuple[bytes, bytes]]:
 
 
 def same_workload(oram: PathORAM) -> None:
+    n = len(oram)
     for k in range(200):
-        oram.write(k % len(oram), bytes([k % 256]) * oram.block_size)
-        oram.read((7 * k) % len(oram))
+        oram.write(k % n, bytes([k % 256]) * oram.block_size)
+        if k % 4:
+            oram.read((7 * k) % n)
+        else:  # an update holds a block in the stash across accesses: sealed the same way
+            oram.update([(7 * k) % n, (7 * k + 1) % n], lambda blocks: blocks[1].fill(1))
 
 
 # --- nonces ---------------------------------------------------------------------------------

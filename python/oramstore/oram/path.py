@@ -12,11 +12,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
+import itertools
 import math
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -52,6 +53,7 @@ from oramstore.oram.position import (
 __all__ = [
     "DEFAULT_POSITION_MAP_THRESHOLD",
     "DEFAULT_STASH_SIZE",
+    "MAX_UPDATE_BLOCKS",
     "MIN_BUCKET_SIZE",
     "POSITIONS_PER_BLOCK",
     "PathORAM",
@@ -117,14 +119,24 @@ R = TypeVar("R")
 Bytes = npt.NDArray[np.uint8]
 Durability = Literal["commit", "access"]
 Plan = list[tuple[int, int]]  # per ORAM of the recursion: (new leaf, leaf if unassigned)
-_Request = tuple[int, Callable[[Bytes], Any], bool, "Bytes | None"]
+# (block index, update, kind, data): kind is _READ, _WRITE or _UPDATE; data is a write's block.
+_Request = tuple[int, Callable[[Bytes], Any], int, "Bytes | None"]
+_READ, _WRITE, _UPDATE = 0, 1, 2
 
 _FORMAT = 1
 _LOCK_FILE = "lock"
 # With durability="access" the journal holds every write's data; a commit empties it.
 _AUTO_COMMIT_RECORDS = 4096
 _AUTO_COMMIT_BYTES = 256 << 20
-_INTENT = struct.Struct("<QBI")  # block index, write, bytes of data that follow the leaves
+_INTENT = struct.Struct("<QBI")  # block index, kind, bytes of data that follow the leaves
+# A journal record's first word is its number of accesses, or, with this bit set, the number of
+# blocks an update wrote (durability="access"), each a u64 index and the block.
+_DATA_RECORD = 1 << 31
+_INDEX = struct.Struct("<Q")
+
+MAX_UPDATE_BLOCKS = 16
+"""The most blocks one :meth:`PathORAM.update` may change. They wait in the stash from their
+access until the last one, so this bounds how far the stash may exceed its usual occupancy."""
 
 
 class _Leaves:
@@ -361,6 +373,7 @@ class PathORAM(NoCopy, Closing):
             else []
         )
         self._free_rows = list(range(stash_size - 1, -1, -1))
+        self._held: set[int] = set()  # index + 1 of each block an update holds in the stash
         self._stash_peak = 0
         self._accesses = 0
         self._lock = threading.RLock()
@@ -443,20 +456,20 @@ class PathORAM(NoCopy, Closing):
         """The block at ``index`` (zeros if never written), as ``bytes``: a copy the caller
         may keep. :meth:`read_many` returns a numpy array instead, since a batch is bulk data
         that callers slice and compute on."""
-        result: bytes = self._run([(index, _to_bytes, False, None)])[0]
+        result: bytes = self._run([(index, _to_bytes, _READ, None)])[0]
         return result
 
     def write(self, index: int, data: Any) -> None:
         """Replace the block at ``index`` with ``data`` (exactly ``block_size`` bytes)."""
         source = self._block_bytes(data)
-        self._run([(index, _putter(source), True, source)])
+        self._run([(index, _putter(source), _WRITE, source)])
 
     def read_many(self, indices: Iterable[int]) -> Bytes:
         """The blocks at ``indices``, one access each, as a ``(k, block_size)`` array. Every
         index is checked before the first access."""
         wanted = [self._check_index(index) for index in indices]
         out: Bytes = np.empty((len(wanted), self._block_size), np.uint8)
-        self._run([(index, _getter(out[k]), False, None) for k, index in enumerate(wanted)])
+        self._run([(index, _getter(out[k]), _READ, None) for k, index in enumerate(wanted)])
         return out
 
     def write_many(self, indices: Iterable[int], blocks: Any) -> None:
@@ -476,10 +489,85 @@ class PathORAM(NoCopy, Closing):
         checked = [self._check_index(index) for index in wanted]
         self._run(
             [
-                (index, _putter(source), True, source)
+                (index, _putter(source), _WRITE, source)
                 for index, source in zip(checked, sources, strict=True)
             ]
         )
+
+    def update(self, indices: Iterable[int], fn: Callable[[list[Bytes]], R]) -> R:
+        """Read, change and write back a few blocks together, in one access each.
+
+        ``fn`` gets one writable ``uint8`` array per index, in order (zeros for a block never
+        written), and whatever it leaves in them is written back; its result is returned. The
+        arrays are valid only during the call. This replaces a :meth:`read_many` followed by a
+        :meth:`write_many` of the same blocks at half the accesses, and the host sees exactly
+        what :meth:`read_many` of as many blocks shows it: one uniformly random branch per
+        index. Each block, once its branch is read, waits in the stash until the last one's
+        access, where all of them are evicted with the rest of the stash.
+
+        Indices are distinct, at most :data:`MAX_UPDATE_BLOCKS` of them, and all checked first.
+        Every block becomes stored (a block never written is written with what ``fn`` leaves
+        in it). If ``fn`` raises an ``Exception``, the accesses still complete, writing back
+        the blocks as ``fn`` left them, and the exception is then raised; the ORAM stays
+        usable. With ``durability="access"`` the new contents are journaled, in a second
+        record after the accesses' own, before this returns.
+        """
+        wanted = [self._check_index(index) for index in indices]
+        if not wanted:
+            raise ValueError("update needs at least one index")
+        if len(wanted) > MAX_UPDATE_BLOCKS:
+            raise ValueError(
+                f"update changes at most {MAX_UPDATE_BLOCKS} blocks at once, got {len(wanted)}"
+            )
+        if len(set(wanted)) != len(wanted):
+            raise ValueError("update needs distinct indices")
+        results: list[R] = []
+        failures: list[Exception] = []
+
+        def call(blocks: list[Bytes]) -> None:
+            try:
+                results.append(fn(blocks))
+            except Exception as error:
+                failures.append(error)
+
+        self._run_updates([wanted], call)
+        if failures:
+            raise failures[0]
+        return results[0]
+
+    def _run_updates(self, groups: list[list[int]], fn: Callable[[list[Bytes]], None]) -> None:
+        """Run the updates of ``groups`` (distinct, checked indices each) in order, with one
+        journal record: ``fn`` gets each group's blocks in turn."""
+        written: list[tuple[int, bytes]] | None = None
+        store = self._store
+        if store is not None and store.durability == "access":
+            written = []
+        requests: list[_Request] = []
+        for group in groups:
+            requests += self._update_requests(group, fn, written)
+        self._run(requests, written)
+
+    def _update_requests(
+        self,
+        indices: list[int],
+        fn: Callable[[list[Bytes]], None],
+        written: list[tuple[int, bytes]] | None,
+    ) -> list[_Request]:
+        """The accesses of an update of ``indices``: all but the last hold their block in the
+        stash; the last calls ``fn`` on every block (and copies them to ``written``), then
+        evicts them with the rest."""
+        size = self._block_size
+
+        def finish(block: Bytes) -> None:
+            stash, ids, rows = self._stash_data, self._stash_ids, self._stash_rows
+            blocks = [stash[rows[ids.index(i + 1)], :size] for i in indices[:-1]]
+            blocks.append(block)
+            fn(blocks)
+            if written is not None:
+                written.extend(zip(indices, (b.tobytes() for b in blocks), strict=True))
+
+        *held, last = indices
+        return [*((i, _hold, _UPDATE, None) for i in held), (last, finish, _UPDATE, None)]
 
     # --- durability -----------------------------------------------------------------------
 
@@ -668,25 +756,48 @@ class PathORAM(NoCopy, Closing):
     def _replay(self, records: Iterable[bytes]) -> int:
         """Run again the accesses journaled since the state's commit, on the same branches:
         the host sees again exactly what it saw, and every block it saw gets a new leaf. Only
-        with ``durability="access"`` did the journal keep the data written."""
+        with ``durability="access"`` did the journal keep the data written: a write's in its
+        own record, an update's in the record that follows its accesses'."""
         levels = len(self._orams())
         replayed = 0
-        for record in records:
-            for index, write, plan, data in _decode(record, levels, self._block_size):
+        decoded = (_decode(record, levels, self._block_size) for record in records)
+        pending = next(decoded, None)
+        while pending is not None:
+            is_data, entries = pending
+            if is_data:
+                raise IntegrityError("a journal record of update data follows no update")
+            pending = next(decoded, None)
+            # The data of the updates' accesses, in their order; none if the call was cut
+            # short before its data was journaled, and then the blocks stay as committed.
+            updated: Iterator[bytes | None] = itertools.repeat(None)
+            if pending is not None and pending[0]:
+                if [index for index, *_ in pending[1]] != [
+                    index for index, kind, _, _ in entries if kind == _UPDATE
+                ]:
+                    raise IntegrityError("a journal record of update data names other blocks")
+                updated = iter([data for *_, data in pending[1]])
+                pending = next(decoded, None)
+            for index, kind, plan, data in entries:
+                assert plan is not None
                 if index >= self._block_count or any(
                     not 0 <= leaf < o.tree.leaf_count
                     for o, pair in zip(self._orams(), plan, strict=True)
                     for leaf in pair
                 ):
                     raise IntegrityError("a journal record names a block or leaf out of range")
+                if kind == _UPDATE:
+                    data = next(updated)
                 update = _keep if data is None else _putter(np.frombuffer(data, np.uint8))
-                self._access(index, update, write=write, leaves=plan)
+                self._access(index, update, write=kind != _READ, leaves=plan)
                 replayed += 1
         return replayed
 
-    def _run(self, requests: list[_Request]) -> list[Any]:
-        """Serve ``requests`` (index, update, write, data), one access each; a durable store
-        journals them all, durably, before the first reads anything."""
+    def _run(
+        self, requests: list[_Request], written: list[tuple[int, bytes]] | None = None
+    ) -> list[Any]:
+        """Serve ``requests`` (index, update, kind, data), one access each; a durable store
+        journals them all, durably, before the first reads anything. ``written`` collects the
+        blocks updates wrote, which ``durability="access"`` journals after the accesses."""
         with self._lock:
             self._check_usable()
             plans = [self._draw_leaves() for _ in requests]
@@ -701,9 +812,17 @@ class PathORAM(NoCopy, Closing):
                     raise
                 self._in_flight = False
             results = [
-                self._access_usable(index, update, write, plan)
-                for (index, update, write, _), plan in zip(requests, plans, strict=True)
+                self._access_usable(index, update, kind != _READ, plan)
+                for (index, update, kind, _), plan in zip(requests, plans, strict=True)
             ]
+            if store is not None and written:
+                self._in_flight = True
+                try:
+                    store.journal.append(_encode_data(written))
+                except BaseException as error:
+                    self._poison(f"the journal failed: {type(error).__name__}: {error}", error)
+                    raise
+                self._in_flight = False
             if (
                 store is not None
                 and store.durability == "access"
@@ -925,10 +1044,22 @@ class PathORAM(NoCopy, Closing):
         # where it is: its slot is marked used up front and the block takes no further part.
         # A slot whose block is not waiting when its level comes holds a block placed deeper,
         # or the served block on its way up, and is free.
+        #
+        # The blocks an update holds wait in the stash until its last access, which releases
+        # them to this placement like any other.
+        held = self._held
+        if update is _hold:
+            held.add(index + 1)
+        elif held:
+            held.clear()
+        pinned: list[int] = []
         by_depth: list[list[int]] = [[] for _ in range(height + 1)]
         used = [0] * (height + 1)  # per level, a bit for each slot whose block stays
         target_row = -1  # where the served block ends up on the branch, if it does
         for c in range(len(ids)):
+            if held and ids[c] in held:
+                pinned.append(c)
+                continue
             depth = height - (leaves[c] ^ leaf).bit_length()
             at = origin[c] - depth * z
             if 0 <= at < z:
@@ -975,6 +1106,8 @@ class PathORAM(NoCopy, Closing):
                 if c == target:
                     target_row = row
             waiting = movers[placed:]
+        if pinned:
+            waiting += pinned
         if len(waiting) > self._stash_size:
             # The branch goes back as it came, so that the host sees an access of the usual
             # shape; the ORAM then refuses further calls (the caller poisons it).
@@ -1129,38 +1262,63 @@ def _encode(requests: list[_Request], plans: list[Plan], with_data: bool, block_
     read a block of zeros, so that a record's size (which the host sees) tells nothing of
     which accesses write."""
     parts = [len(requests).to_bytes(4, "little")]
-    for (index, _, write, data), plan in zip(requests, plans, strict=True):
+    for (index, _, kind, data), plan in zip(requests, plans, strict=True):
         body = b""
         if with_data:
-            body = data.tobytes() if write and data is not None else bytes(block_size)
-        parts.append(_INTENT.pack(index, write, len(body)))
+            body = data.tobytes() if kind == _WRITE and data is not None else bytes(block_size)
+        parts.append(_INTENT.pack(index, kind, len(body)))
         parts.append(np.array(plan, np.uint32).tobytes())
         parts.append(body)
     return b"".join(parts)
 
 
+def _encode_data(written: list[tuple[int, bytes]]) -> bytes:
+    """A journal record of the blocks that updates wrote."""
+    parts = [(len(written) | _DATA_RECORD).to_bytes(4, "little")]
+    for index, block in written:
+        parts.append(_INDEX.pack(index))
+        parts.append(block)
+    return b"".join(parts)
+
+
 def _decode(
     record: bytes, levels: int, block_size: int
-) -> list[tuple[int, bool, Plan, bytes | None]]:
+) -> tuple[bool, list[tuple[int, int, Plan | None, bytes | None]]]:
+    """A journal record: whether it holds an update's data, and its entries (index, kind,
+    plan, data); a data record's entries have no plan and are writes."""
     try:
         count = int.from_bytes(record[:4], "little")
-        at, out = 4, []
-        for _ in range(count):
-            index, write, length = _INTENT.unpack_from(record, at)
-            at += _INTENT.size
-            leaves = np.frombuffer(record, np.uint32, 2 * levels, at).reshape(levels, 2)
-            at += 8 * levels
-            if length not in (0, block_size) or at + length > len(record):
-                raise ValueError("bad data length")
-            data = record[at : at + length] if length and write else None
-            at += length
-            plan = [(int(a), int(b)) for a, b in leaves.tolist()]
-            out.append((int(index), bool(write), plan, data))
+        at = 4
+        out: list[tuple[int, int, Plan | None, bytes | None]] = []
+        data: bytes | None
+        if count & _DATA_RECORD:
+            for _ in range(count & ~_DATA_RECORD):
+                (index,) = _INDEX.unpack_from(record, at)
+                at += _INDEX.size
+                data = record[at : at + block_size]
+                if len(data) != block_size:
+                    raise ValueError("a block is cut short")
+                at += block_size
+                out.append((int(index), _WRITE, None, data))
+        else:
+            for _ in range(count):
+                index, kind, length = _INTENT.unpack_from(record, at)
+                at += _INTENT.size
+                if kind not in (_READ, _WRITE, _UPDATE):
+                    raise ValueError(f"unknown kind {kind}")
+                leaves = np.frombuffer(record, np.uint32, 2 * levels, at).reshape(levels, 2)
+                at += 8 * levels
+                if length not in (0, block_size) or at + length > len(record):
+                    raise ValueError("bad data length")
+                data = record[at : at + length] if length and kind == _WRITE else None
+                at += length
+                plan = [(int(a), int(b)) for a, b in leaves.tolist()]
+                out.append((int(index), int(kind), plan, data))
         if at != len(record):
             raise ValueError("trailing bytes")
     except (ValueError, struct.error) as error:
         raise IntegrityError(f"a journal record does not parse: {error}") from None
-    return out
+    return bool(count & _DATA_RECORD), out
 
 
 def _unpack(payload: bytes) -> dict[str, Any]:
@@ -1204,6 +1362,10 @@ def _to_bytes(block: Bytes) -> bytes:
 
 def _keep(block: Bytes) -> None:
     """A replayed write whose data the journal did not keep: the block stays as committed."""
+
+
+def _hold(block: Bytes) -> None:
+    """An update's access before its last: the block waits in the stash (see _serve_branch)."""
 
 
 def _putter(source: Bytes) -> Callable[[Bytes], None]:
