@@ -9,8 +9,9 @@ a 32 MiB treetop) is filled to ``--fill`` of its capacity with ``set_many``, the
 operations: 40% lookups of present keys, 10% of missing ones, 25% updates, 12.5% deletes and
 12.5% inserts. The same operations then run on a dict, and as many random accesses (half reads,
 half writes) as the map made run on a PathORAM with one block per bucket of the map, each of
-whose blocks was written once first. An operation costs 3 + 3/16 ORAM accesses: that is the
-floor of the ratio.
+whose blocks was written once first. An operation costs 2 + 2/32 ORAM accesses (an update of
+its two buckets, and a relocation step of two every 32 operations): that is the floor of the
+ratio.
 
 Target (issue "An oblivious key-value map"): one operation within 2.5x of one PathORAM access
 of the same block size.

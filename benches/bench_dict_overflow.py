@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -49,8 +49,13 @@ class MemoryBuckets:
         return self.blocks[list(indices)]
 
     def write_many(self, indices: Iterable[int], blocks: Any) -> None:
-        # A bucket written twice in one call is written with the same bytes both times.
         self.blocks[list(indices)] = blocks
+
+    def _run_updates(
+        self, groups: list[list[int]], fn: Callable[[list[npt.NDArray[np.uint8]]], None]
+    ) -> None:
+        for group in groups:
+            fn([self.blocks[i] for i in group])
 
     def close(self) -> None:
         pass
@@ -121,7 +126,7 @@ def main() -> int:
     parser.add_argument("--entries", type=int, nargs="+", default=[1 << 16, 1 << 20])
     parser.add_argument("--slots", type=int, nargs="+", default=[16])
     parser.add_argument("--load", type=float, nargs="+", default=[0.85])
-    parser.add_argument("--every", type=int, nargs="+", default=[16])
+    parser.add_argument("--every", type=int, nargs="+", default=[32])
     parser.add_argument("--churn", type=int, default=1_000_000, help="delete + insert pairs")
     parser.add_argument("--min-count", type=int, default=30, help="tail points fitted need this")
     args = parser.parse_args()

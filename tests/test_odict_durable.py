@@ -337,7 +337,7 @@ def test_a_poisoned_map_commits_nothing_and_reopens_at_its_last_commit(
     def interrupted(*args: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(d.oram, "write_many", interrupted)
+    monkeypatch.setattr(d, "_operate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         d[b"k1"] = b"half done"
     with pytest.raises(PoisonedError):

@@ -466,7 +466,7 @@ def run_dict(
         untrusted = oram_untrusted_resident(d.oram)
         shape = (d.bucket_count, d.oram.block_size, d.load_factor, d.stash_peak, d.stash_size)
         trusted = d.trusted_bytes
-        per_operation = 3 + 3 / d.relocate_every
+        per_operation = 2 + 2 / d.relocate_every
 
     plain = dict.fromkeys(present, pool[0])
     start = time.perf_counter()

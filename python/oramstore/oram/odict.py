@@ -11,32 +11,26 @@ so whoever does not hold the key cannot aim keys at buckets, and two instances u
 place keys independently.
 
 **Every operation is the same to the host.** A lookup, an insert, an update or a delete, a hit
-or a miss, on any key, reads the key's two buckets (one ``read_many`` of two blocks), then
-writes back one bucket (one ``write_many`` of one block): three ORAM accesses, each of which shows
-the host one uniformly random branch of each tree whichever block it serves. Which bucket is
-written (the one that changed, or either when none did) is hidden by the ORAM like any block
-index. Both tables are blocks of the same ORAM for that reason: with one ORAM per table, the
-host would see which table was written.
+or a miss, on any key, reads, changes and writes back the key's two buckets with one
+:meth:`PathORAM.update`: two ORAM accesses, each of which shows the host one uniformly random
+branch of each tree whichever block it serves, and both buckets go back whether they changed or
+not. Both tables are blocks of the same ORAM, so the host does not even learn which table an
+access served.
 
 **Placement and relocation.** An insert goes to the less loaded of its two buckets, table one on
 a tie (Vöcking's d-left rule, whose bucket loads concentrate far better than one choice's), and
-to the stash only if both are full. Every write-back also moves into the written bucket any
-stash entry that belongs there and fits. That alone does not empty the stash: a stashed entry
-waits for one of its two buckets, which an operation touches with probability ``2 / m``, so the
-stash would grow with the table. So after every ``relocate_every`` operations (16 by default)
-one relocation step runs, shaped exactly like an operation (two buckets read, one written): it
-takes the oldest stash entry and puts it into the less loaded of its buckets, or, when both are
-full, into one of them in place of an entry chosen pseudo-randomly, which joins the stash (a
-cuckoo step, after ODSL and MobileCoin's mc-oblivious-map). When the stash is empty the step
-reads and rewrites two fixed buckets instead. The schedule depends only on how many operations
-there were, which the host sees anyway, so every operation in the same position of the sequence
-looks the same, whatever it is. An operation therefore costs ``3 + 3 / relocate_every`` ORAM
-accesses on average.
-
-Cuckoo hashing's usual form reads and rewrites each of the two buckets in one ORAM access
-each; :class:`PathORAM`'s interface offers a read and a write, each an access of its own, so an
-operation reads both buckets and then writes only the one it changes: three accesses instead of
-four.
+to the stash only if both are full. Every operation also moves into its two buckets any stash
+entry that belongs there and fits. That alone does not empty the stash: a stashed entry waits
+for one of its two buckets, which an operation touches with probability ``2 / m``, so the stash
+would grow with the table. So after every ``relocate_every`` operations (32 by default) one
+relocation step runs, shaped exactly like an operation (an update of two buckets): it takes the
+oldest stash entry and puts it into the less loaded of its buckets, or, when both are full,
+into one of them in place of an entry chosen pseudo-randomly, which joins the stash (a cuckoo
+step, after ODSL and MobileCoin's mc-oblivious-map). When the stash is empty the step reads and
+rewrites two fixed buckets instead. The schedule depends only on how many operations there
+were, which the host sees anyway, so every operation in the same position of the sequence looks
+the same, whatever it is. An operation therefore costs ``2 + 2 / relocate_every`` ORAM accesses
+on average, as many as cuckoo hashing's usual form: one access to each bucket.
 
 **Load and overflow.** ``capacity`` entries fit in ``2m * B`` slots at ``load_factor`` (0.85 by
 default), and the stash holds ``stash_size`` entries (32 by default) in trusted memory.
@@ -114,7 +108,7 @@ DEFAULT_LOAD_FACTOR = 0.85
 DEFAULT_STASH_ENTRIES = 32
 """Entries the trusted overflow stash may hold."""
 
-DEFAULT_RELOCATE_EVERY = 16
+DEFAULT_RELOCATE_EVERY = 32
 """Operations per relocation step."""
 
 _T = TypeVar("_T")
@@ -122,6 +116,7 @@ Bytes = npt.NDArray[np.uint8]
 DictDurability = Literal["commit", "access"]
 
 _HEAD = 8  # per slot: key length + 1 (0 = free), value length, both little-endian u32
+_SLOT_HEAD = struct.Struct("<II")
 _GET, _SET, _DEL = 0, 1, 2
 _MISSING: Final = object()
 _FULL: Final = object()
@@ -173,11 +168,11 @@ class ObliviousDict(NoCopy, Closing, MutableMapping[bytes, bytes]):
     raises :class:`~oramstore.MapFullError` and changes nothing. Keys come back as ``bytes``.
 
     Every operation (``d[k]``, ``d[k] = v``, ``del d[k]``, ``k in d``, ``get``, ``pop``,
-    ``setdefault``'s lookup) makes the same ORAM calls: a ``read_many`` of two buckets and a
-    ``write_many`` of one, plus, after every ``relocate_every`` operations, a relocation step of the
-    same shape. ``get_many`` and ``set_many`` batch k operations into one ``read_many`` and one
-    ``write_many`` (one journal record each, for a durable map). Iteration, ``==``,
-    ``popitem`` and ``clear`` scan every bucket.
+    ``setdefault``'s lookup) makes the same ORAM accesses: an update of its two buckets (two
+    accesses), plus, after every ``relocate_every`` operations, a relocation step of the same
+    shape. ``get_many`` and ``set_many`` run k operations after one journal record of all their
+    accesses, for a durable map. Iteration, ``==``, ``popitem`` and ``clear`` scan every
+    bucket.
 
     It fails closed like its ORAM: once an operation fails part-way (tampering, a storage call
     that raised, an interrupt), that exception is raised and every later call raises
@@ -288,6 +283,7 @@ class ObliviousDict(NoCopy, Closing, MutableMapping[bytes, bytes]):
         self._stash_size = params["stash_size"]
         self._every = params["relocate_every"]
         self._slot_bytes = _HEAD + self._key_size + self._value_size
+        self._layout = _Layout(self._slots, self._key_size, self._value_size)
         self._oram = oram
         self._master = master
         self._salt = salt
@@ -465,14 +461,14 @@ class ObliviousDict(NoCopy, Closing, MutableMapping[bytes, bytes]):
     @overload
     def get_many(self, keys: Iterable[bytes], default: _T, /) -> list[bytes | _T]: ...
     def get_many(self, keys: Iterable[bytes], default: object = None, /) -> list[Any]:
-        """The values of ``keys`` (``default`` for a missing key), in one ``read_many`` and
-        one ``write_many``: k operations. Every key is checked first."""
+        """The values of ``keys`` (``default`` for a missing key): k operations, journaled
+        together. Every key is checked first."""
         operations = [(_GET, self._key(key), b"") for key in keys]
         return [default if v is _MISSING else v for v in self._execute(operations)]
 
     def set_many(self, items: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> None:
-        """Store every (key, value) of ``items`` in order, in one ``read_many`` and one
-        ``write_many``: k operations. Every argument is checked first.
+        """Store every (key, value) of ``items`` in order: k operations, journaled together.
+        Every argument is checked first.
 
         Raises:
             MapFullError: an item did not fit; the items before it are stored, it and those
@@ -550,10 +546,9 @@ class ObliviousDict(NoCopy, Closing, MutableMapping[bytes, bytes]):
     def _execute(
         self, operations: list[Operation], *, stop_when_full: bool = False, journal: bool = True
     ) -> list[Any]:
-        """Run ``operations`` (kind, key, value), checked already: one ``read_many`` of their
-        two buckets each and of the relocation steps' two each, then one ``write_many`` of
-        one bucket per operation and per step. Returns each result: the value found (or
-        ``_MISSING``) for a lookup or a delete, None or ``_FULL`` for a store."""
+        """Run ``operations`` (kind, key, value), checked already: an update of their two
+        buckets each, then of the relocation steps' two each. Returns each result: the value
+        found (or ``_MISSING``) for a lookup or a delete, None or ``_FULL`` for a store."""
         with self._lock:
             self._check_usable()
             if not operations:
@@ -595,156 +590,128 @@ class ObliviousDict(NoCopy, Closing, MutableMapping[bytes, bytes]):
         due = (self._operations + len(operations)) // every - first_step
         # The relocation steps take the oldest stash entries, as they are now; an entry that
         # the operations remove or place meanwhile leaves its step with nothing to do.
-        stashed = list(self._stash)[:due]
+        stashed = list(self._stash)[:due] if due else []
         steps = [self._stash[k][1:] for k in stashed]
         movers: list[bytes | None] = [*stashed, *[None] * (due - len(stashed))]
         steps += [(0, self._m)] * (due - len(steps))
-        wanted = [b for pair in pairs + steps for b in pair]
-        blocks = self._oram.read_many(wanted).reshape(len(wanted), self._slots, self._slot_bytes)
-        work: dict[int, Bytes] = {}
-        for b, rows in zip(wanted, blocks, strict=True):
-            work.setdefault(b, rows)  # a bucket read twice reads the same: keep one copy
-
         results: list[Any] = []
-        written: list[int] = []
         stopped = False
-        for (kind, key, value), (b1, b2) in zip(operations, pairs, strict=True):
-            if stopped:
-                results.append(None)
-                written.append(b1)
+        done = 0  # groups served so far: the operations', then the steps'
+        layout = self._layout
+
+        def serve(blocks: list[Bytes]) -> None:
+            nonlocal done, stopped
+            one, two = _Bucket(layout, blocks[0]), _Bucket(layout, blocks[1])
+            if done < len(operations):
+                kind, key, value = operations[done]
+                b1, b2 = pairs[done]
+                if stopped:
+                    results.append(None)
+                else:
+                    result = self._operate(kind, key, value, b1, b2, one, two)
+                    results.append(result)
+                    stopped = stop_when_full and result is _FULL
+                self._operations += 1
             else:
-                result, bucket = self._operate(kind, key, value, b1, b2, work)
-                results.append(result)
-                written.append(bucket)
-                stopped = stop_when_full and result is _FULL
-            self._operations += 1
-            self._stash_peak = max(self._stash_peak, len(self._stash))
-        for step, (mover, (c1, c2)) in enumerate(zip(movers, steps, strict=True), first_step):
-            written.append(self._relocate(step, mover, c1, c2, work))
-            self._stash_peak = max(self._stash_peak, len(self._stash))
-        out = np.empty((len(written), self._slots * self._slot_bytes), np.uint8)
-        for k, b in enumerate(written):
-            out[k] = work[b].reshape(-1)
-        self._oram.write_many(written, out)
+                k = done - len(operations)
+                c1, c2 = steps[k]
+                self._relocate(first_step + k, movers[k], c1, c2, one, two)
+            if len(self._stash) > self._stash_peak:
+                self._stash_peak = len(self._stash)
+            done += 1
+
+        self._oram._run_updates([[b1, b2] for b1, b2 in pairs + steps], serve)
         return results
 
     def _operate(
-        self, kind: int, key: bytes, value: bytes, b1: int, b2: int, work: dict[int, Bytes]
-    ) -> tuple[Any, int]:
-        """One operation on the trusted copies of its buckets; returns its result and the
-        bucket to write back."""
-        rows1, rows2 = work[b1], work[b2]
-        heads1, heads2 = _heads(rows1).tolist(), _heads(rows2).tolist()
-        home, slot = b1, _find(rows1, heads1, key)
+        self, kind: int, key: bytes, value: bytes, b1: int, b2: int, one: _Bucket, two: _Bucket
+    ) -> Any:
+        """One operation on its two buckets (both written back); returns the value found (or
+        ``_MISSING``) for a lookup or a delete, None or ``_FULL`` for a store."""
+        home, slot = one, one.find(key)
         if slot < 0:
-            home, slot = b2, _find(rows2, heads2, key)
-        if slot < 0:
-            home = -1
+            home, slot = two, two.find(key)
         result: Any = None
-        write = -1
+        stash = self._stash
         if kind == _GET:
-            if home >= 0:
-                result = self._value_at(work[home][slot])
-            elif key in self._stash:
-                result = self._stash[key][0]
+            if slot >= 0:
+                result = home.value(slot)
+            elif key in stash:
+                result = stash[key][0]
             else:
                 result = _MISSING
         elif kind == _SET:
-            if home >= 0:
-                self._fill(work[home][slot], key, value)
-                write = home
-            elif key in self._stash:
-                self._stash[key] = (value, b1, b2)
+            if slot >= 0:
+                home.put(slot, key, value)
+            elif key in stash:
+                stash[key] = (value, b1, b2)
             elif self._length >= self._capacity:
                 result = _FULL
             else:
-                free1, free2 = heads1.count(0), heads2.count(0)
+                free1, free2 = one.heads.count(0), two.heads.count(0)
                 if free1 >= free2 and free1:
-                    write, slot = b1, heads1.index(0)
-                elif free2:
-                    write, slot = b2, heads2.index(0)
-                if write >= 0:
-                    self._fill(work[write][slot], key, value)
+                    one.put(one.heads.index(0), key, value)
                     self._length += 1
-                elif len(self._stash) < self._stash_size:
-                    self._stash[key] = (value, b1, b2)
+                elif free2:
+                    two.put(two.heads.index(0), key, value)
+                    self._length += 1
+                elif len(stash) < self._stash_size:
+                    stash[key] = (value, b1, b2)
                     self._length += 1
                 else:
                     result = _FULL
         else:
-            if home >= 0:
-                row = work[home][slot]
-                result = self._value_at(row)
-                row[:] = 0
-                write = home
+            if slot >= 0:
+                result = home.value(slot)
+                home.clear(slot)
                 self._length -= 1
-            elif key in self._stash:
-                result = self._stash.pop(key)[0]
+            elif key in stash:
+                result = stash.pop(key)[0]
                 self._length -= 1
             else:
                 result = _MISSING
-        if write < 0:
-            # Nothing changed: write back whichever bucket a stash entry can move into.
-            drain_b2 = self._stash and self._drainable(b2, rows2)
-            write = b2 if drain_b2 and not self._drainable(b1, rows1) else b1
-        self._drain(write, work[write])
-        return result, write
+        if stash:
+            # Both buckets go back: each takes the stash entries that belong there and fit.
+            self._drain(b1, one)
+            self._drain(b2, two)
+        return result
 
     def _relocate(
-        self, step: int, mover: bytes | None, c1: int, c2: int, work: dict[int, Bytes]
-    ) -> int:
+        self, step: int, mover: bytes | None, c1: int, c2: int, one: _Bucket, two: _Bucket
+    ) -> None:
         """Relocation step number ``step``, for ``mover``, an entry of the stash when the step
-        was planned, on the trusted copies of its buckets; returns the bucket to write back."""
+        was planned, on its two buckets (both written back)."""
         if mover is None or mover not in self._stash:
-            return c1
-        rows1, rows2 = work[c1], work[c2]
-        load1, load2 = _load(rows1), _load(rows2)
+            return
+        free1, free2 = one.heads.count(0), two.heads.count(0)
         value = self._stash[mover][0]
-        if min(load1, load2) < self._slots:
-            bucket = c1 if load1 <= load2 else c2
+        if free1 or free2:
+            bucket, home = (c1, one) if free1 >= free2 else (c2, two)
             del self._stash[mover]
-            self._fill(work[bucket][_free(work[bucket])], mover, value)
-            self._drain(bucket, work[bucket])
-            return bucket
+            home.put(home.heads.index(0), mover, value)
+            self._drain(bucket, home)
+            return
         # Both are full: a cuckoo step. The mover takes the place of an entry chosen by a
         # keyed hash of the step's number (unpredictable to the host, and the same again when
         # a journal is replayed), and that entry joins the stash.
         hasher = self._chooser.copy()
         hasher.update(step.to_bytes(8, "little"))
         choice = int.from_bytes(hasher.digest(), "little")
-        bucket = c1 if choice & 1 else c2
-        row = work[bucket][(choice >> 1) % self._slots]
-        victim = self._key_at(row)
-        victim_value = self._value_at(row)
+        home = one if choice & 1 else two
+        slot = (choice >> 1) % self._slots
+        victim, victim_value = home.key(slot), home.value(slot)
         del self._stash[mover]
-        self._fill(row, mover, value)
+        home.put(slot, mover, value)
         self._stash[victim] = (victim_value, *self._buckets_of(victim))
-        return bucket
 
-    def _drainable(self, bucket: int, rows: Bytes) -> bool:
-        return _load(rows) < self._slots and any(
-            bucket in (c1, c2) for _, c1, c2 in self._stash.values()
-        )
-
-    def _drain(self, bucket: int, rows: Bytes) -> None:
+    def _drain(self, bucket: int, home: _Bucket) -> None:
         """Move stash entries that belong in ``bucket`` into its free slots."""
-        if not self._stash:
-            return
         for key, (value, c1, c2) in list(self._stash.items()):
             if bucket in (c1, c2):
-                free = _free(rows)
-                if free < 0:
+                if 0 not in home.heads:
                     return
                 del self._stash[key]
-                self._fill(rows[free], key, value)
-
-    def _fill(self, row: Bytes, key: bytes, value: bytes) -> None:
-        row[:] = 0
-        row[:_HEAD].view("<u4")[:] = (len(key) + 1, len(value))
-        at = _HEAD
-        row[at : at + len(key)] = np.frombuffer(key, np.uint8)
-        at += self._key_size
-        row[at : at + len(value)] = np.frombuffer(value, np.uint8)
+                home.put(home.heads.index(0), key, value)
 
     def _key_at(self, row: Bytes) -> bytes:
         length = int(row[:4].view("<u4")[0]) - 1
@@ -1136,33 +1103,84 @@ class _Store:
             self._lock = -1
 
 
-def _heads(rows: Bytes) -> npt.NDArray[np.uint32]:
-    """Each slot's key length + 1 (0: free)."""
-    return rows[:, :4].view("<u4")[:, 0]
+class _Layout:
+    """How a bucket's slots lie in its block."""
+
+    __slots__ = ("heads", "key_size", "slot_bytes", "slots", "value_at", "zeros")
+
+    def __init__(self, slots: int, key_size: int, value_size: int) -> None:
+        self.slots = slots
+        self.key_size = key_size
+        self.slot_bytes = _HEAD + key_size + value_size
+        # Each slot's first word (key length + 1, 0 when free), in one call.
+        self.heads = struct.Struct("<" + f"I{self.slot_bytes - 4}x" * slots)
+        self.value_at = _HEAD + key_size
+        self.zeros = bytes(self.slot_bytes)
 
 
-def _find(rows: Bytes, heads: list[int], key: bytes) -> int:
-    """The slot of ``rows`` (one bucket, whose :func:`_heads` are ``heads``) that holds
-    ``key``, or -1."""
-    size = len(key)
-    if size + 1 not in heads:
+class _Bucket:
+    """One bucket of the map during an operation: its block, written in place, and the head
+    of each slot (read when first needed, then kept in step with what is written)."""
+
+    __slots__ = ("_array", "_block", "_heads", "_layout")
+
+    def __init__(self, layout: _Layout, block: Bytes) -> None:
+        self._layout = layout
+        self._array = block
+        self._block = memoryview(block)  # type: ignore[arg-type]
+        self._heads: list[int] | None = None
+
+    @property
+    def heads(self) -> list[int]:
+        if self._heads is None:
+            self._heads = list(self._layout.heads.unpack_from(self._block))
+        return self._heads
+
+    def _head(self, slot: int) -> int:
+        at = slot * self._layout.slot_bytes
+        return int.from_bytes(self._block[at : at + 4], "little")
+
+    def find(self, key: bytes) -> int:
+        """The slot that holds ``key``, or -1."""
+        size = len(key)
+        if not size:
+            return self.heads.index(1) if 1 in self.heads else -1
+        # Each slot's first len(key) key bytes, side by side, in one copy.
+        layout = self._layout
+        keys = self._array.reshape(layout.slots, layout.slot_bytes)[:, _HEAD : _HEAD + size]
+        packed = keys.tobytes()
+        at = packed.find(key)
+        while at >= 0:
+            slot, offset = divmod(at, size)
+            if offset == 0 and self._head(slot) == size + 1:
+                return slot
+            at = packed.find(key, at + 1)
         return -1
-    # Each slot's first len(key) key bytes, in one copy; compared in Python from there.
-    keys = rows[:, _HEAD : _HEAD + size].tobytes()
-    for slot, head in enumerate(heads):
-        if head == size + 1 and keys[slot * size : slot * size + size] == key:
-            return slot
-    return -1
 
+    def key(self, slot: int) -> bytes:
+        at = slot * self._layout.slot_bytes + _HEAD
+        return self._block[at : at + self._head(slot) - 1].tobytes()
 
-def _load(rows: Bytes) -> int:
-    return int(np.count_nonzero(_heads(rows)))
+    def value(self, slot: int) -> bytes:
+        block = self._block
+        at = slot * self._layout.slot_bytes
+        length = int.from_bytes(block[at + 4 : at + 8], "little")
+        at += self._layout.value_at
+        return block[at : at + length].tobytes()
 
+    def put(self, slot: int, key: bytes, value: bytes) -> None:
+        layout = self._layout
+        at = slot * layout.slot_bytes
+        entry = _SLOT_HEAD.pack(len(key) + 1, len(value)) + key.ljust(layout.key_size, b"\0")
+        self._block[at : at + layout.slot_bytes] = (
+            entry + value + layout.zeros[len(entry) + len(value) :]
+        )
+        self.heads[slot] = len(key) + 1
 
-def _free(rows: Bytes) -> int:
-    """A free slot of the bucket, or -1."""
-    free = np.flatnonzero(_heads(rows) == 0)
-    return int(free[0]) if len(free) else -1
+    def clear(self, slot: int) -> None:
+        at = slot * self._layout.slot_bytes
+        self._block[at : at + self._layout.slot_bytes] = self._layout.zeros
+        self.heads[slot] = 0
 
 
 def _as_bytes(data: object, name: str) -> bytes:
