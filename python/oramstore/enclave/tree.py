@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import operator
 import os
+import struct
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +41,7 @@ from oramstore._native import UntrustedStorage
 from oramstore.enclave.crypto import (
     COUNTER_BYTES,
     NONCE_PAD,
+    SALT_BYTES,
     SESSION_BYTES,
     TAG_BYTES,
     BucketSealer,
@@ -58,11 +60,20 @@ _VERSION = SESSION_BYTES + COUNTER_BYTES  # the session and counter a bucket was
 _RECORD = _VERSION + TAG_BYTES  # a child's version and tag
 _HEADER = _VERSION + 2 * _RECORD  # a metadata item: all of it is authenticated
 _META_ITEM = _HEADER  # 104 bytes, a multiple of 8 as the OCALL interface wants
-_LEFT = slice(_VERSION, _VERSION + _RECORD)
-_RIGHT = slice(_VERSION + _RECORD, _HEADER)
 _NEVER_WRITTEN = bytes(_RECORD)
-_ZERO_META = bytes(_META_ITEM)
+_ZERO_SESSION = bytes(SESSION_BYTES)
 _ZERO_COUNTER = bytes(COUNTER_BYTES)
+# A bucket's nonce: its counter's 8 bytes, little-endian, then NONCE_PAD.
+_NONCE = struct.Struct(f"<Q{len(NONCE_PAD)}x")
+# A metadata item's fields: session, counter, left child's record, right child's record. A
+# checkout reads the counter as its bytes (the nonce's), a checkin writes it from an int.
+_HEAD_FIELDS = f"{SESSION_BYTES}s{{}}{_RECORD}s{_RECORD}s"
+_HEAD = struct.Struct("<" + _HEAD_FIELDS.format("Q"))
+# A bucket's associated data: salt, tree index (8 bytes), metadata item.
+_OPEN_AAD = struct.Struct(f"<{SALT_BYTES}sQ" + _HEAD_FIELDS.format(f"{COUNTER_BYTES}s"))
+_SEAL_AAD = struct.Struct(f"<{SALT_BYTES}sQ" + _HEAD_FIELDS.format("Q"))
+_AAD_VERSION = slice(SALT_BYTES + 8, SALT_BYTES + 8 + _VERSION)
+assert _HEAD.size == _META_ITEM and _SEAL_AAD.size == _OPEN_AAD.size == SALT_BYTES + 8 + _HEADER
 
 Bytes = npt.NDArray[np.uint8]
 
@@ -167,7 +178,9 @@ class TreeStorage(NoCopy, Closing):
         self._lower_rows = [row.data for row in self._lower]
         self._roots_flat = self._roots.data.cast("B")
         self._slot_bits = self._slots.data
-        self._pending: _Pending | None = None
+        self._split = struct.Struct("<" + _HEAD_FIELDS.format(f"{COUNTER_BYTES}s") * (levels - top))
+        self._leaves = 1 << height
+        self._pending: _Pending | _LowerPending | None = None
         self._lock = threading.Lock()
         self._closed = False
         self._poisoned: str | None = None
@@ -296,8 +309,20 @@ class TreeStorage(NoCopy, Closing):
         """Seal the untrusted levels of the branch to ``leaf`` from the last rows of
         :attr:`rows` and write them back. Must follow :meth:`checkout_lower` of that leaf."""
         with self._lock:
-            self._take_pending(leaf, in_place=True)
-            self._checkin_lower()
+            pending = self._pending
+            # The ORAM's call, an int matching the pending checkout's (checked) leaf on an open
+            # tree, needs no conversion; any other goes through every check.
+            if (
+                type(leaf) is not int
+                or type(pending) is not tuple
+                or pending[0] != leaf
+                or self._closed
+                or self._poisoned is not None
+            ):
+                pending = self._take_pending(leaf, in_place=True)
+            _, lower, items, heads = pending
+            self._commit_lower(lower, items, self._lower_rows, heads)
+            self._pending = None
 
     def _checkout_lower_locked(self, leaf: int) -> None:
         """:meth:`checkout_lower` for a caller that has checked ``leaf`` and needs no indices
@@ -309,18 +334,10 @@ class TreeStorage(NoCopy, Closing):
     def _checkout_lower(self, leaf: int) -> None:
         """:meth:`checkout_lower` of a valid ``leaf`` (an int), with :attr:`_lock` held and the
         tree known to be open."""
-        node = self.leaf_count + leaf
+        node = self._leaves + leaf
         lower = [node >> shift for shift in self._lower_shifts]
         items = self._items(lower)
-        heads = self._load_lower(lower, items, self._lower_rows)
-        self._pending = _Pending(leaf, lower, items, None, self._lower, None, None, heads, True)
-
-    def _checkin_lower(self) -> None:
-        """:meth:`checkin_lower` with :attr:`_lock` held and an in-place checkout pending."""
-        pending = self._pending
-        assert pending is not None and pending.in_place
-        self._commit_lower(pending.lower, pending.items, self._lower_rows, pending.heads)
-        self._pending = None
+        self._pending = (leaf, lower, items, self._load_lower(lower, items, self._lower_rows))
 
     def checkin_branch(self, leaf: int, data: Any, meta: Any) -> None:
         """Write the branch to ``leaf`` back, re-encrypted under fresh nonces.
@@ -338,7 +355,6 @@ class TreeStorage(NoCopy, Closing):
         with self._lock:
             pending = self._take_pending(leaf, in_place=False)
             nodes = pending.nodes
-            assert nodes is not None
             plain = self._branch_rows(pending, data, meta)
             top = self.treetop_levels
             lower_rows = [row.data for row in plain[top:]]
@@ -440,24 +456,34 @@ class TreeStorage(NoCopy, Closing):
             raise IndexError(f"leaf {index} is out of range for a tree of {self.leaf_count} leaves")
         return index
 
-    def _take_pending(self, leaf: int, *, in_place: bool) -> _Pending:
+    @overload
+    def _take_pending(self, leaf: int, *, in_place: Literal[True]) -> _LowerPending: ...
+
+    @overload
+    def _take_pending(self, leaf: int, *, in_place: Literal[False]) -> _Pending: ...
+
+    def _take_pending(self, leaf: int, *, in_place: bool) -> _Pending | _LowerPending:
         """The pending checkout a checkin of ``leaf`` must follow, of the same kind."""
         self._check_open()
         leaf = self._check_leaf(leaf)
         pending = self._pending
-        if pending is None or pending.leaf != leaf or pending.in_place != in_place:
-            kind = "lower" if in_place else "branch"
-            raise ValueError(f"checkin_{kind}({leaf}) must follow checkout_{kind}({leaf})")
-        return pending
+        if in_place:
+            if isinstance(pending, tuple) and pending[0] == leaf:
+                return pending
+        elif isinstance(pending, _Pending) and pending.leaf == leaf:
+            return pending
+        kind = "lower" if in_place else "branch"
+        raise ValueError(f"checkin_{kind}({leaf}) must follow checkout_{kind}({leaf})")
 
-    def _load_lower(self, lower: list[int], items: list[int], out: list[memoryview]) -> bytes:
+    def _load_lower(self, lower: list[int], items: list[int], out: list[memoryview]) -> _Heads:
         """Fetch, verify and decrypt the untrusted buckets ``lower`` (a branch's, root first)
-        into the rows ``out``; returns their verified metadata items (empty when the whole tree
-        is trusted)."""
+        into the rows ``out``; returns their verified metadata items, as the fields ``session,
+        counter, left record, right record`` of each in turn, all bytes (none when the whole
+        tree is trusted)."""
         if self.untrusted is None:
-            return b""
+            return ()
         self.untrusted.checkout_into(items, self._sealed, self._heads)
-        heads = bytes(self._heads)
+        heads: _Heads = self._split.unpack(self._heads)
         self._open_branch(lower, heads, out)
         return heads
 
@@ -470,7 +496,7 @@ class TreeStorage(NoCopy, Closing):
         return [2 * k + ((bits[k >> 3] >> (k & 7)) & 1) for k in (node - offset for node in lower)]
 
     def _commit_lower(
-        self, lower: list[int], items: list[int], rows: list[memoryview], heads: bytes
+        self, lower: list[int], items: list[int], rows: list[memoryview], heads: _Heads
     ) -> None:
         """Seal and write the untrusted buckets ``lower`` of a branch from ``rows``, then record
         the new version of the topmost one among the trusted roots."""
@@ -498,76 +524,90 @@ class TreeStorage(NoCopy, Closing):
         rows[:, size:] = _rows(meta, self.levels, self.meta_size, "meta")
         return rows
 
-    def _open_branch(self, nodes: list[int], heads: bytes, out: list[memoryview]) -> None:
-        """Verify the untrusted part of a branch, as fetched into :attr:`_sealed`, top-down and
+    def _open_branch(self, nodes: list[int], heads: _Heads, out: list[memoryview]) -> None:
+        """Verify the untrusted part of a branch, as fetched into :attr:`_sealed` with the
+        metadata items ``heads`` (four fields each, see :meth:`_load_lower`), top-down and
         decrypt it into the rows ``out``.
 
-        Once this returns, ``heads`` holds verified metadata items: the next checkin of the
-        branch takes the records of the buckets that hang off it from there.
+        Once this returns, ``heads`` are verified: the next checkin of the branch takes the
+        records of the buckets that hang off it from there.
 
         Tags and counters are compared with ordinary equality: they are no secret, the host
         holds them in its own memory.
         """
         at = (nodes[0] - self._offset) * _RECORD
-        expected = bytes(self._roots_flat[at : at + _RECORD])
-        sealed, tags = self._sealed_rows, self._sealed_tags
+        # The records of the current bucket's two children; the root's is in trusted memory.
+        left = right = self._roots_flat[at : at + _RECORD].tobytes()
         sealer = self._sealer
         salt = self._salt
-        last = len(nodes) - 1
         # Buckets sealed in one session share its AES-GCM object: it is looked up again only
         # when the session changes from one level to the next.
         session = b""
         aead = None
-        for j, node in enumerate(nodes):
-            head = heads[j * _META_ITEM : (j + 1) * _META_ITEM]
-            counter = expected[SESSION_BYTES:_VERSION]
-            if counter == _ZERO_COUNTER:
-                if head != _ZERO_META:
+        fields = iter(heads)
+        for node, bucket_session, counter, left_child, right_child, sealed, tag, plain in zip(
+            nodes,
+            fields,
+            fields,
+            fields,
+            fields,
+            self._sealed_rows,
+            self._sealed_tags,
+            out,
+            strict=True,
+        ):
+            expected = right if node & 1 else left
+            # Checked first, the usual case: the bucket is the version its parent records, a
+            # written one (a record's counter is 0 for a bucket never written).
+            if bucket_session + counter + tag != expected or counter == _ZERO_COUNTER:
+                if expected[SESSION_BYTES:_VERSION] != _ZERO_COUNTER:
+                    raise IntegrityError(
+                        f"bucket {node} is not the version its parent records "
+                        "(replayed, rolled back, swapped or zeroed)",
+                        index=node,
+                    )
+                if (
+                    bucket_session != _ZERO_SESSION
+                    or counter != _ZERO_COUNTER
+                    or left_child != _NEVER_WRITTEN
+                    or right_child != _NEVER_WRITTEN
+                ):
                     raise IntegrityError(
                         f"bucket {node} has metadata but its parent records it as never written",
                         index=node,
                     )
-                out[j][:] = bytes(len(out[j]))
-                expected = _NEVER_WRITTEN
+                plain[:] = bytes(len(plain))
+                left = right = _NEVER_WRITTEN
                 continue
-            if head[:_VERSION] + tags[j] != expected:
-                raise IntegrityError(
-                    f"bucket {node} is not the version its parent records "
-                    "(replayed, rolled back, swapped or zeroed)",
-                    index=node,
-                )
-            if aead is None or expected[:SESSION_BYTES] != session:
-                session = expected[:SESSION_BYTES]
+            if bucket_session != session or aead is None:
+                session = bucket_session
                 aead = sealer.aead(session)
             try:
                 aead.decrypt_into(
                     counter + NONCE_PAD,
-                    sealed[j],
-                    salt + node.to_bytes(8, "little") + head,
-                    out[j],
+                    sealed,
+                    _OPEN_AAD.pack(salt, node, bucket_session, counter, left_child, right_child),
+                    plain,
                 )
             except InvalidTag:
                 raise IntegrityError(
                     f"bucket {node} failed authentication (its bytes were modified)", index=node
                 ) from None
-            if j < last:
-                expected = head[_LEFT] if nodes[j + 1] % 2 == 0 else head[_RIGHT]
+            left, right = left_child, right_child
 
     def _seal_branch(
-        self, nodes: list[int], items: list[int], plain: list[memoryview], checked_out: bytes
+        self, nodes: list[int], items: list[int], plain: list[memoryview], checked_out: _Heads
     ) -> bytes:
         """Encrypt the untrusted buckets ``nodes`` of a branch (root first) from the rows
         ``plain`` bottom-up, write them, and return the record of the topmost one.
 
         ``items`` are the untrusted items their checkout read. ``checked_out`` are the verified
-        metadata items of that checkout: each keeps the record of its child off the branch, and
-        gets a new counter and a new record of its child on the branch.
+        metadata items of that checkout, as :meth:`_load_lower` returns them: each keeps the
+        record of its child off the branch, and gets a new counter and a new record of its child
+        on the branch.
         """
         assert self.untrusted is not None
         n = len(nodes)
-        sealed, tags = self._sealed_rows, self._sealed_tags
-        heads = self._heads
-        heads[:] = checked_out
         sealer = self._sealer
         if self._ways == 2:
             # A bucket whose current version was written since the last durable point is
@@ -575,37 +615,47 @@ class TreeStorage(NoCopy, Closing):
             # durable state refers to survives a crash in the middle of this write.
             session = sealer.session
             durable = self._durable_counter
-            items = list(items)
-            for j in range(n):
-                at = j * _META_ITEM
-                if checked_out[at : at + SESSION_BYTES] != session or (
-                    int.from_bytes(checked_out[at + SESSION_BYTES : at + _VERSION], "little")
-                    <= durable
-                ):
-                    items[j] ^= 1
+            items = [
+                item
+                if bucket_session == session and int.from_bytes(counter, "little") > durable
+                else item ^ 1
+                for item, bucket_session, counter in zip(
+                    items, checked_out[::4], checked_out[1::4], strict=True
+                )
+            ]
         counter = sealer.reserve(n)
         # Read after reserve: a reservation that exhausts a session's counters starts another.
         session = sealer.session
         aead = sealer.aead(session)
         salt = self._salt
+        heads = self._heads
+        at = n * _META_ITEM
         record = b""
-        for j in range(n - 1, -1, -1):
-            node = nodes[j]
-            at = j * _META_ITEM
-            if j < n - 1:
-                slot = at + (_LEFT.start if nodes[j + 1] % 2 == 0 else _RIGHT.start)
-                heads[slot : slot + _RECORD] = record
-            count = counter.to_bytes(COUNTER_BYTES, "little")
-            version = session + count
-            heads[at : at + _VERSION] = version
-            aead.encrypt_into(
-                count + NONCE_PAD,
-                plain[j],
-                salt + node.to_bytes(8, "little") + heads[at : at + _HEADER],
-                sealed[j],
-            )
-            record = version + tags[j]
+        child = 0  # the bucket below on the branch, 0 at the bottom
+        fields = reversed(checked_out)
+        for node, right, left, _, _, row, sealed, tag in zip(
+            reversed(nodes),
+            fields,
+            fields,
+            fields,
+            fields,
+            reversed(plain),
+            reversed(self._sealed_rows),
+            reversed(self._sealed_tags),
+            strict=True,
+        ):
+            if child:
+                if child & 1:
+                    right = record
+                else:
+                    left = record
+            at -= _META_ITEM
+            _HEAD.pack_into(heads, at, session, counter, left, right)
+            aad = _SEAL_AAD.pack(salt, node, session, counter, left, right)
+            aead.encrypt_into(_NONCE.pack(counter), row, aad, sealed)
+            record = aad[_AAD_VERSION] + tag
             counter += 1
+            child = node
         self.untrusted.checkin(items, self._sealed, heads)
         if self._ways == 2:
             # Record which slot now holds each bucket's current version.
@@ -620,17 +670,22 @@ class TreeStorage(NoCopy, Closing):
 
 @dataclass(slots=True)
 class _Pending:
-    """A checked-out branch awaiting its checkin."""
+    """A branch checked out by :meth:`TreeStorage.checkout_branch_into`, awaiting its checkin."""
 
     leaf: int
     lower: list[int]  # the branch's untrusted buckets, root first
     items: list[int]  # the untrusted items their checkout read
-    nodes: npt.NDArray[np.int64] | None  # the whole branch, root first (None in place)
-    plain: Bytes  # the rows handed to the caller (the untrusted levels' rows, in place)
-    data: Bytes | None  # the two views of them the caller got (None in place)
-    meta: Bytes | None
-    heads: bytes  # verified metadata items of the untrusted levels
-    in_place: bool = False  # checkout_lower: treetop untouched, lower levels in self._lower
+    nodes: npt.NDArray[np.int64]  # the whole branch, root first
+    plain: Bytes  # the rows handed to the caller
+    data: Bytes  # the two views of them the caller got
+    meta: Bytes
+    heads: _Heads  # verified metadata items of the untrusted levels, as _load_lower gives them
+
+
+_Heads = tuple[bytes, ...]
+_LowerPending = tuple[int, list[int], list[int], _Heads]
+"""A pending :meth:`TreeStorage.checkout_lower`, the fields of :class:`_Pending` it needs: leaf,
+lower, items and heads. (A tuple: one is made on every access of an ORAM.)"""
 
 
 def _int_arg(value: object, name: str, low: int, high: int) -> int:
