@@ -1056,16 +1056,17 @@ class PathORAM(NoCopy, Closing):
         by_depth: list[list[int]] = [[] for _ in range(height + 1)]
         used = [0] * (height + 1)  # per level, a bit for each slot whose block stays
         target_row = -1  # where the served block ends up on the branch, if it does
-        for c in range(len(ids)):
+        lifted = -1  # the slot the served block leaves for another slot of the branch
+        for c, (block_leaf, o) in enumerate(zip(leaves, origin, strict=True)):
             if held and ids[c] in held:
                 pinned.append(c)
                 continue
-            depth = height - (leaves[c] ^ leaf).bit_length()
-            at = origin[c] - depth * z
+            depth = height - (block_leaf ^ leaf).bit_length()
+            at = o - depth * z
             if 0 <= at < z:
                 used[depth] |= 1 << at
                 if c == target:
-                    target_row = prow[origin[c]]
+                    target_row = prow[o]
             else:
                 by_depth[depth].append(c)
         free_of = self._free_of
@@ -1097,14 +1098,19 @@ class PathORAM(NoCopy, Closing):
                 c = movers[k]
                 row = prow[base + free[k]]
                 o = origin[c]
+                if c == target:
+                    target_row = row
+                    if o >= 0:
+                        # The served block may move up, to a slot read after its own is
+                        # taken: it goes by the scratch row, like a block from the stash.
+                        lifted = prow[o]
+                        o = -2
                 if o >= 0:
                     path_from.append(prow[o])
                     path_to.append(row)
                 else:
                     from_stash.append(stash_rows[c] if o == -1 else scratch)
                     to_path.append(row)
-                if c == target:
-                    target_row = row
             waiting = movers[placed:]
         if pinned:
             waiting += pinned
@@ -1145,24 +1151,41 @@ class PathORAM(NoCopy, Closing):
             kept_rows.append(row)
             if c == target:
                 target_stash_row = row
-        # Read everything that moves, then write. (Each numpy call costs more than a few small
-        # copies, so empty ones are skipped.)
+        # The rows that move, one copy each (a slice of a memoryview costs less than a numpy
+        # call for the handful of rows an access moves). Blocks leaving for the stash, and the
+        # served block if it moves, are read first, since their slots may take other blocks.
+        # Any other block of the branch only moves deeper, and the moves were found deepest
+        # level first: in that order, a slot's block has moved on before another lands there.
+        # Blocks from the stash (and the scratch row) land in free slots last, and blocks for
+        # the stash land in its rows once the stash's own have left.
+        row_bytes, flat = size + _SLOT_META, self._slot_bytes
         if leaving:
             departures = slots[leaving]
-        if path_from:
-            slots[path_to] = slots[path_from]
+        if lifted >= 0:
+            self._stash_bytes[scratch * row_bytes : (scratch + 1) * row_bytes] = flat[
+                lifted * row_bytes : (lifted + 1) * row_bytes
+            ]
+        for src, dst in zip(path_from, path_to, strict=True):
+            flat[dst * row_bytes : (dst + 1) * row_bytes] = flat[
+                src * row_bytes : (src + 1) * row_bytes
+            ]
         if to_path:
-            slots[to_path] = stash[from_stash]
+            stash_flat = self._stash_bytes
+            for src, dst in zip(from_stash, to_path, strict=True):
+                flat[dst * row_bytes : (dst + 1) * row_bytes] = stash_flat[
+                    src * row_bytes : (src + 1) * row_bytes
+                ]
         if arriving:
             stash[arriving] = departures
         if born >= 0:
             stash[born] = stash[scratch]
         # Slots that lost their block and gained none are marked empty; the bytes left in them
         # are sealed with the bucket and overwritten when a block next lands there.
-        row_bytes, flat = size + _SLOT_META, self._slot_bytes
-        if path_from or leaving:
+        if path_from or leaving or lifted >= 0:
             emptied = set(path_from)
             emptied.update(leaving)
+            emptied.add(lifted)
+            emptied.discard(-1)
             emptied.difference_update(path_to)
             emptied.difference_update(to_path)
             for row in emptied:
