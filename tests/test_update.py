@@ -259,3 +259,14 @@ def test_an_update_journals_a_record_of_read_many_size_then_its_data(tmp_path: P
     assert sizes[0] == sizes[2] == read_size
     assert sizes[1] == sizes[3] > 3 * 24
     oram.close()
+
+
+@pytest.mark.parametrize("block_size", [1, 13, 24])
+def test_any_block_size(block_size: int) -> None:
+    # Rows of whole 8-byte words and rows of any other size take different paths to their
+    # slots' metadata.
+    rng = np.random.default_rng(block_size)
+    model: dict[int, bytes] = {}
+    with PathORAM(200, block_size, treetop_bytes=3 * 4 * (block_size + 16)) as oram:
+        random_updates(oram, model, rng, 300)
+        check_invariant(oram, model)

@@ -119,6 +119,9 @@ R = TypeVar("R")
 Bytes = npt.NDArray[np.uint8]
 Durability = Literal["commit", "access"]
 Plan = list[tuple[int, int]]  # per ORAM of the recursion: (new leaf, leaf if unassigned)
+# A branch's slot rows (see PathORAM._branch_rows): listed, as an index array, and as indices
+# of their first metadata word.
+_BranchRows = tuple[list[int], npt.NDArray[np.intp], "npt.NDArray[np.intp] | None"]
 # (block index, update, kind, data): kind is _READ, _WRITE or _UPDATE; data is a write's block.
 _Request = tuple[int, Callable[[Bytes], Any], int, "Bytes | None"]
 _READ, _WRITE, _UPDATE = 0, 1, 2
@@ -347,14 +350,17 @@ class PathORAM(NoCopy, Closing):
         self._heads: npt.NDArray[np.uint64] = self._slots[:, block_size:].view("<u8")
         # The same bytes, for the few metadata writes of an access (cheaper than numpy's).
         self._slot_bytes = self._slots.data.cast("B")
+        # With rows of whole 8-byte words, the same bytes as one flat array of words: the slots'
+        # (index + 1, leaf) pairs are gathered from it at half the cost of the 2-D view's rows.
+        self._words = np.frombuffer(self._slot_bytes, "<u8") if row % 8 == 0 else None
         top = self.tree.treetop_levels
         first_lower = ((1 << top) - 1) * z
         self._lower_rows = list(range(first_lower, first_lower + (height + 1 - top) * z))
         # The rows of a branch's slots (see _branch_rows), for each treetop branch met so far:
         # they are the same for every leaf below one bucket of the treetop's last level.
-        self._row_cache: dict[int, tuple[list[int], npt.NDArray[np.intp]]] = {}
+        self._row_cache: dict[int, _BranchRows] = {}
         if not top:
-            self._row_cache[0] = (self._lower_rows, np.array(self._lower_rows, np.intp))
+            self._row_cache[0] = self._rows_of(self._lower_rows)
         # The stash: block index + 1, leaf and row of self._stash_data for each block held, in
         # plain lists (an access touches a handful of them, where numpy calls would cost more
         # than the work). Rows are recycled through _free_rows; the last row is scratch space
@@ -932,9 +938,10 @@ class PathORAM(NoCopy, Closing):
         elif self._store is not None:
             self._poison("a durable store cannot be used in a fork()ed child; reopen it", None)
 
-    def _branch_rows(self, leaf: int) -> tuple[list[int], npt.NDArray[np.intp]]:
+    def _branch_rows(self, leaf: int) -> _BranchRows:
         """The row of :attr:`_slots` of each slot (level * Z + k) of the branch to ``leaf``, as
-        a list and as an index array."""
+        a list and as an index array, and the index of each row's first metadata word in
+        :attr:`_words` (None without it)."""
         top = self.tree.treetop_levels
         key = (((1 << self._height) + leaf) >> (self._height - top + 1)) if top else 0
         rows = self._row_cache.get(key)
@@ -942,11 +949,18 @@ class PathORAM(NoCopy, Closing):
             z = self._z
             nodes = [key >> shift for shift in range(top - 1, -1, -1)]
             listed = [(node - 1) * z + k for node in nodes for k in range(z)] + self._lower_rows
-            rows = (listed, np.array(listed, np.intp))
+            rows = self._rows_of(listed)
             # A treetop of many small buckets has too many branches to keep all of them.
             if len(self._row_cache) < _ROW_CACHE_BRANCHES:
                 self._row_cache[key] = rows
         return rows
+
+    def _rows_of(self, listed: list[int]) -> _BranchRows:
+        array = np.array(listed, np.intp)
+        if self._words is None:
+            return listed, array, None
+        words = (self._block_size + _SLOT_META) // 8
+        return listed, array, array * words + self._block_size // 8
 
     def _serve(
         self,
@@ -985,18 +999,28 @@ class PathORAM(NoCopy, Closing):
         # is warm, and cheaper than the call.
         top = self.tree.treetop_levels
         rows = self._row_cache.get(((1 << height) + leaf) >> (height - top + 1) if top else 0)
-        prow, prow_array = self._branch_rows(leaf) if rows is None else rows
+        prow, prow_array, words_at = self._branch_rows(leaf) if rows is None else rows
 
         # The candidates for the new branch: the stash's blocks, then the branch's. `origin`
         # is -1 for a stash block, else the slot (level * Z + k) the block occupies.
-        heads = self._heads[prow_array]
-        occupied = heads[:, 0].nonzero()[0]
         stashed = len(self._stash_ids)
         origin = [-1] * stashed
+        if words_at is not None:
+            words = self._words
+            assert words is not None
+            found = words[words_at]
+            occupied = found.nonzero()[0]
+            if len(occupied):
+                ids = self._stash_ids + found[occupied].tolist()
+                leaves = self._stash_leaves + words[words_at[occupied] + 1].tolist()
+        else:
+            heads = self._heads[prow_array]
+            occupied = heads[:, 0].nonzero()[0]
+            if len(occupied):
+                pairs = heads[occupied].T.tolist()
+                ids = self._stash_ids + pairs[0]
+                leaves = self._stash_leaves + pairs[1]
         if len(occupied):
-            found = heads[occupied].T.tolist()
-            ids = self._stash_ids + found[0]
-            leaves = self._stash_leaves + found[1]
             origin += occupied.tolist()
         else:
             ids, leaves = list(self._stash_ids), list(self._stash_leaves)
