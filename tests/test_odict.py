@@ -319,7 +319,7 @@ def test_bad_arguments(args: tuple[Any, ...], options: dict[str, Any], error: ty
 
 def test_geometry() -> None:
     with ObliviousDict(1000, 32, 256, treetop_bytes=0) as d:
-        assert d.slots_per_bucket == 16 and d.stash_size == 32 and d.relocate_every == 32
+        assert d.slots_per_bucket == 16 and d.stash_size == 40 and d.relocate_every == 32
         assert d.bucket_count == 2 * 37 and 0.84 < d.load_factor <= 0.85
         assert d.oram.block_size == 16 * (8 + 32 + 256) and len(d.oram) == d.bucket_count
         assert (d.capacity, d.key_size, d.value_size) == (1000, 32, 256)

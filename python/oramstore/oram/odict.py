@@ -33,7 +33,7 @@ the same, whatever it is. An operation therefore costs ``2 + 2 / relocate_every`
 on average, as many as cuckoo hashing's usual form: one access to each bucket.
 
 **Load and overflow.** ``capacity`` entries fit in ``2m * B`` slots at ``load_factor`` (0.85 by
-default), and the stash holds ``stash_size`` entries (32 by default) in trusted memory.
+default), and the stash holds ``stash_size`` entries (40 by default) in trusted memory.
 ``benches/bench_dict_overflow.py`` measured how full the stash gets at capacity under insert and
 delete churn (README, "Oblivious dict"). An insert of a new key into a map that holds
 ``capacity`` entries, or whose stash is full, raises :class:`~oramstore.MapFullError` after the
@@ -105,8 +105,10 @@ DEFAULT_SLOTS_PER_BUCKET = 16
 DEFAULT_LOAD_FACTOR = 0.85
 """Entries at capacity over slots in both tables."""
 
-DEFAULT_STASH_ENTRIES = 32
-"""Entries the trusted overflow stash may hold."""
+DEFAULT_STASH_ENTRIES = 40
+"""Entries the trusted overflow stash may hold: more than twice the 17 entries at which the
+stash's measured tail reaches 2^-64 per operation at the default load factor and relocation
+schedule (``benches/bench_dict_overflow.py``), as PathORAM's stash is sized."""
 
 DEFAULT_RELOCATE_EVERY = 32
 """Operations per relocation step."""
