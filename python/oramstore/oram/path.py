@@ -1183,26 +1183,26 @@ class PathORAM(NoCopy, Closing):
         # Blocks from the stash (and the scratch row) land in free slots last, and blocks for
         # the stash land in its rows once the stash's own have left.
         row_bytes, flat = size + _SLOT_META, self._slot_bytes
-        if leaving:
-            departures = slots[leaving]
+        stash_flat = self._stash_bytes
+        departures = [flat[row * row_bytes : (row + 1) * row_bytes].tobytes() for row in leaving]
         if lifted >= 0:
-            self._stash_bytes[scratch * row_bytes : (scratch + 1) * row_bytes] = flat[
+            stash_flat[scratch * row_bytes : (scratch + 1) * row_bytes] = flat[
                 lifted * row_bytes : (lifted + 1) * row_bytes
             ]
         for src, dst in zip(path_from, path_to, strict=True):
             flat[dst * row_bytes : (dst + 1) * row_bytes] = flat[
                 src * row_bytes : (src + 1) * row_bytes
             ]
-        if to_path:
-            stash_flat = self._stash_bytes
-            for src, dst in zip(from_stash, to_path, strict=True):
-                flat[dst * row_bytes : (dst + 1) * row_bytes] = stash_flat[
-                    src * row_bytes : (src + 1) * row_bytes
-                ]
-        if arriving:
-            stash[arriving] = departures
+        for src, dst in zip(from_stash, to_path, strict=True):
+            flat[dst * row_bytes : (dst + 1) * row_bytes] = stash_flat[
+                src * row_bytes : (src + 1) * row_bytes
+            ]
+        for row, departure in zip(arriving, departures, strict=True):
+            stash_flat[row * row_bytes : (row + 1) * row_bytes] = departure
         if born >= 0:
-            stash[born] = stash[scratch]
+            stash_flat[born * row_bytes : (born + 1) * row_bytes] = stash_flat[
+                scratch * row_bytes : (scratch + 1) * row_bytes
+            ]
         # Slots that lost their block and gained none are marked empty; the bytes left in them
         # are sealed with the bucket and overwritten when a block next lands there.
         if path_from or leaving or lifted >= 0:
