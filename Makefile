@@ -160,7 +160,8 @@ bench-dict: build
 
 # How full ObliviousDict's overflow stash gets at capacity under churn, at 2^16 and 2^20 entries.
 bench-dict-overflow: build
-	$(PY) benches/bench_dict_overflow.py
+	$(PY) benches/bench_dict_overflow.py --load 0.8 0.85 0.9
+	$(PY) benches/bench_dict_overflow.py --every 0 16 64
 
 # A file storage: positioned I/O against a shared mapping (Rust), then against fio on the same
 # file and against memory (Python). Writes a few GiB to the temporary directory
