@@ -108,6 +108,9 @@ def test_a_predictable_leaf_source_is_seen(monkeypatch: pytest.MonkeyPatch) -> N
             self.next = (self.next + 1) % self.count
             return self.next // 2 * 2  # never an odd leaf
 
+        def pair(self) -> tuple[int, int]:
+            return self(), self()
+
     monkeypatch.setattr(path_module, "_Leaves", Cycling)
     with PathORAM(256, 32, treetop_bytes=0) as oram:
         leaves = leaves_of(oram, run(oram, SEQUENCES["one block"](256)))

@@ -328,7 +328,8 @@ class TreeStorage(NoCopy, Closing):
         """:meth:`checkout_lower` for a caller that has checked ``leaf`` and needs no indices
         back: the ORAM, once per access."""
         with self._lock:
-            self._check_open()
+            if self._closed or self._poisoned is not None:
+                self._check_open()
             self._checkout_lower(leaf)
 
     def _checkout_lower(self, leaf: int) -> None:

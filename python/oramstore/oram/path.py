@@ -161,9 +161,20 @@ class _Leaves:
 
     def __call__(self) -> int:
         if not self._pool:
-            words = np.frombuffer(os.urandom(4 * self._BATCH), np.uint32) & self._mask
-            self._pool = words.tolist()
+            self._refill()
         return self._pool.pop()
+
+    def pair(self) -> tuple[int, int]:
+        """Two leaves, in one call: an access's new leaf and its leaf if it has none."""
+        pool = self._pool
+        if len(pool) < 2:
+            self._refill()
+            pool = self._pool
+        return pool.pop(), pool.pop()
+
+    def _refill(self) -> None:
+        words = np.frombuffer(os.urandom(4 * self._BATCH), np.uint32) & self._mask
+        self._pool += words.tolist()
 
 
 class PathORAM(NoCopy, Closing):
@@ -341,6 +352,8 @@ class PathORAM(NoCopy, Closing):
                 _state=state,
             )
             self._positions = RecursivePositionMap(inner, POSITIONS_PER_BLOCK)
+        # Whether the position map draws leaves of its own for each access.
+        self._inner_leaves = isinstance(self._positions, RecursivePositionMap)
         # Every slot of the treetop, and of the untrusted levels of the branch being accessed,
         # is a row of the tree's trusted rows: a block followed by (index + 1, leaf), 0 when
         # empty. An access rearranges the branch's rows in place, so a block that keeps its
@@ -841,7 +854,9 @@ class PathORAM(NoCopy, Closing):
             return results
 
     def _draw_leaves(self) -> Plan:
-        return [(self._leaves(), self._leaves()), *self._positions.draw_leaves()]
+        if self._inner_leaves:
+            return [self._leaves.pair(), *self._positions.draw_leaves()]
+        return [self._leaves.pair()]
 
     @property
     def poisoned(self) -> str | None:

@@ -77,7 +77,7 @@ class ArrayPositionMap:
         self, index: int, leaf: int, *, create: bool = True, leaves: Plan | None = None
     ) -> int:
         entries = self._entries
-        old = int(entries[index]) - 1
+        old: int = entries.item(index) - 1
         if create or old != UNASSIGNED:
             entries[index] = leaf + 1
         return old
