@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,12 +44,6 @@ class MemoryBuckets:
 
     def __init__(self, count: int, size: int) -> None:
         self.blocks = np.zeros((count, size), np.uint8)
-
-    def read_many(self, indices: Iterable[int]) -> npt.NDArray[np.uint8]:
-        return self.blocks[list(indices)]
-
-    def write_many(self, indices: Iterable[int], blocks: Any) -> None:
-        self.blocks[list(indices)] = blocks
 
     def _run_updates(
         self, groups: list[list[int]], fn: Callable[[list[npt.NDArray[np.uint8]]], None]

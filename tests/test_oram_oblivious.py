@@ -104,12 +104,12 @@ def test_a_predictable_leaf_source_is_seen(monkeypatch: pytest.MonkeyPatch) -> N
         def __init__(self, leaf_count: int) -> None:
             self.next, self.count = 0, leaf_count
 
-        def __call__(self) -> int:
+        def leaf(self) -> int:
             self.next = (self.next + 1) % self.count
             return self.next // 2 * 2  # never an odd leaf
 
         def pair(self) -> tuple[int, int]:
-            return self(), self()
+            return self.leaf(), self.leaf()
 
     monkeypatch.setattr(path_module, "_Leaves", Cycling)
     with PathORAM(256, 32, treetop_bytes=0) as oram:

@@ -159,11 +159,6 @@ class _Leaves:
         # A child that went on drawing from its parent's pool would choose the same leaves.
         self._pool = []
 
-    def __call__(self) -> int:
-        if not self._pool:
-            self._refill()
-        return self._pool.pop()
-
     def pair(self) -> tuple[int, int]:
         """Two leaves, in one call: an access's new leaf and its leaf if it has none."""
         pool = self._pool
@@ -822,26 +817,14 @@ class PathORAM(NoCopy, Closing):
             plans = [self._draw_leaves() for _ in requests]
             store = self._store
             if store is not None:
-                self._in_flight = True
-                try:
-                    with_data = store.durability == "access"
-                    store.journal.append(_encode(requests, plans, with_data, self._block_size))
-                except BaseException as error:
-                    self._poison(f"the journal failed: {type(error).__name__}: {error}", error)
-                    raise
-                self._in_flight = False
+                with_data = store.durability == "access"
+                self._journal(store, lambda: _encode(requests, plans, with_data, self._block_size))
             results = [
                 self._access_usable(index, update, kind != _READ, plan)
                 for (index, update, kind, _), plan in zip(requests, plans, strict=True)
             ]
             if store is not None and written:
-                self._in_flight = True
-                try:
-                    store.journal.append(_encode_data(written))
-                except BaseException as error:
-                    self._poison(f"the journal failed: {type(error).__name__}: {error}", error)
-                    raise
-                self._in_flight = False
+                self._journal(store, lambda: _encode_data(written))
             if (
                 store is not None
                 and store.durability == "access"
@@ -852,6 +835,17 @@ class PathORAM(NoCopy, Closing):
             ):
                 self._save(store.epoch + 1)
             return results
+
+    def _journal(self, store: _Store, record: Callable[[], bytes]) -> None:
+        """Append ``record()`` to the journal, durably; a failure poisons the ORAM, since the
+        host may have seen part of it."""
+        self._in_flight = True
+        try:
+            store.journal.append(record())
+        except BaseException as error:
+            self._poison(f"the journal failed: {type(error).__name__}: {error}", error)
+            raise
+        self._in_flight = False
 
     def _draw_leaves(self) -> Plan:
         if self._inner_leaves:
